@@ -1,0 +1,1 @@
+"""minidiff: diffusion models from scratch in JAX."""
