@@ -1,0 +1,128 @@
+"""The DDPM forward process, its posterior, and the training loss (Ho et al. 2020).
+
+All functions are pure: they take the Schedule and arrays, and return arrays.
+Images are NHWC float32 in [-1, 1]; timesteps are int arrays of shape (B,) (or scalars)
+indexing 0..T-1. Per-timestep coefficients are gathered with `per_example` and broadcast
+over the image dimensions: coefficient (B,) -> (B, 1, 1, 1).
+
+Paper symbols used in docstrings:
+    x0      x_0, a data sample           eps     epsilon ~ N(0, I)
+    x_t     the noisy sample at step t   abar_t  alpha_bar_t = alphas_cumprod[t]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from minidiff.schedules import Schedule
+
+
+def per_example(values: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
+    """values[t], reshaped to broadcast against x: t of shape (B,) gives (B, 1, 1, 1)."""
+    return broadcast_to_image(jnp.take(values, t), x)
+
+
+def log_alpha_bar(s: Schedule, t: jax.Array) -> jax.Array:
+    """log alpha_bar_t for t in -1..T-1, where t = -1 stands for x_0 itself (alpha_bar = 1).
+
+    DDIM steps use t_prev = -1 for their last step "to x_0" (the diffusers convention
+    `final_alpha_cumprod = 1`).
+    """
+    t = jnp.asarray(t)
+    return jnp.where(t >= 0, jnp.take(s.log_alphas_cumprod, jnp.maximum(t, 0)), 0.0)
+
+
+def alpha_bar(s: Schedule, t: jax.Array) -> jax.Array:
+    """alpha_bar_t for t in -1..T-1 (alpha_bar_{-1} = 1)."""
+    return jnp.exp(log_alpha_bar(s, t))
+
+
+def alpha_bar_pair(s: Schedule, t: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(alpha_bar_t, 1 - alpha_bar_t) broadcast against x, both accurate in float32."""
+    log_abar = broadcast_to_image(log_alpha_bar(s, t), x)
+    return jnp.exp(log_abar), -jnp.expm1(log_abar)
+
+
+def one_minus_alpha_ratio(s: Schedule, t: jax.Array, t_prev: jax.Array, x: jax.Array) -> jax.Array:
+    """1 - alpha_bar_t / alpha_bar_{t_prev}: the effective beta of a (strided) step t_prev -> t."""
+    delta = log_alpha_bar(s, t) - log_alpha_bar(s, t_prev)
+    return broadcast_to_image(-jnp.expm1(delta), x)
+
+
+def broadcast_to_image(v: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshape a per-example value (B,) (or a scalar) to broadcast against x (B, H, W, C)."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def q_sample(s: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """Sample q(x_t | x_0) in one step by reparameterisation (Ho et al. 2020, Eq. 4):
+
+        x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   eps ~ N(0, I).
+
+    Composing t Gaussian steps x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) z gives a Gaussian
+    whose mean and variance are these, so no loop over steps is needed.
+    """
+    return (
+        per_example(s.sqrt_alphas_cumprod, t, x0) * x0
+        + per_example(s.sqrt_one_minus_alphas_cumprod, t, x0) * eps
+    )
+
+
+def predict_x0_from_eps(s: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """Invert q_sample for x_0 given the noise (Ho et al. 2020, Eq. 15; DDIM Eq. 12's
+    "predicted x_0"):  x0_pred = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t).
+
+    t may be -1 (x_t is already x_0), in which case x0_pred = x_t.
+    """
+    abar, one_minus_abar = alpha_bar_pair(s, t, x_t)
+    return (x_t - jnp.sqrt(one_minus_abar) * eps) / jnp.sqrt(abar)
+
+
+def predict_eps_from_x0(s: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
+    """The noise that maps x_0 to x_t: eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
+    abar, one_minus_abar = alpha_bar_pair(s, t, x_t)
+    return (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(one_minus_abar)
+
+
+def q_posterior_mean_variance(
+    s: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array, t_prev: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance of the forward-process posterior q(x_{t_prev} | x_t, x_0).
+
+    With t_prev = t - 1 this is Ho et al. 2020, Eqs. 6-7:
+
+        mean = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0
+               + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
+        var  = beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t.
+
+    For a strided step t -> t_prev < t (as in DDIM's sub-sequences), the same formulas hold
+    with the effective beta = 1 - abar_t / abar_{t_prev} and alpha = abar_t / abar_{t_prev}.
+    t_prev = -1 means x_0 (abar = 1), where the posterior collapses onto x_0 (var = 0).
+    Returns mean (like x_t) and var broadcastable against it, (B, 1, 1, 1).
+    """
+    if t_prev is None:
+        t_prev = jnp.asarray(t) - 1
+    abar_t, one_minus_abar_t = alpha_bar_pair(s, t, x_t)
+    abar_prev, one_minus_abar_prev = alpha_bar_pair(s, t_prev, x_t)
+    beta = one_minus_alpha_ratio(s, t, t_prev, x_t)  # beta_t, or 1 - prod of alphas over a stride
+    mean = (
+        jnp.sqrt(abar_prev) * beta / one_minus_abar_t * x0
+        + jnp.sqrt(1.0 - beta) * one_minus_abar_prev / one_minus_abar_t * x_t
+    )
+    var = one_minus_abar_prev / one_minus_abar_t * beta
+    return mean, var
+
+
+def ddpm_loss(eps_fn, s: Schedule, x0: jax.Array, y: jax.Array | None, key: jax.Array) -> jax.Array:
+    """The simplified DDPM objective L_simple (Ho et al. 2020, Eq. 14 and Algorithm 1):
+
+        E_{t ~ U{0..T-1}, eps ~ N(0, I)} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2,
+
+    averaged over pixels and the batch. eps_fn(x_t, t, y) is the noise predictor.
+    """
+    key_t, key_eps = jax.random.split(key)
+    t = jax.random.randint(key_t, (x0.shape[0],), 0, s.num_timesteps)  # (B,)
+    eps = jax.random.normal(key_eps, x0.shape, x0.dtype)  # (B, H, W, C)
+    x_t = q_sample(s, x0, t, eps)
+    return jnp.mean((eps_fn(x_t, t, y) - eps) ** 2)

@@ -1,0 +1,96 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minidiff import analytic, diffusion, schedules
+
+S = schedules.linear_schedule(1000)
+
+
+@pytest.mark.parametrize("t", [0, 9, 300, 999])
+def test_q_sample_matches_running_the_markov_chain(t):
+    """x_t from one reparameterised step has the law of t+1 single Gaussian steps."""
+    n = 200_000
+    x0 = jnp.full((n, 1), 0.7)
+    x = x0
+    keys = jax.random.split(jax.random.PRNGKey(t), t + 1)
+    for i in range(t + 1):  # the chain x_i = sqrt(alpha_i) x_{i-1} + sqrt(beta_i) z
+        z = jax.random.normal(keys[i], x.shape)
+        x = jnp.sqrt(S.alphas[i]) * x + jnp.sqrt(S.betas[i]) * z
+    one_step = diffusion.q_sample(S, x0, jnp.full((n,), t), jax.random.normal(jax.random.PRNGKey(99), x0.shape))
+    abar = float(S.alphas_cumprod[t])
+    mean, var = np.sqrt(abar) * 0.7, 1 - abar
+    for samples in (x, one_step):
+        se_mean, se_var = np.sqrt(var / n), var * np.sqrt(2 / (n - 1))
+        assert abs(float(samples.mean()) - mean) < 5 * se_mean
+        assert abs(float(samples.var()) - var) < 5 * se_var
+
+
+def test_predict_x0_from_eps_inverts_q_sample():
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+    eps = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+    t = jnp.array([0, 10, 500, 999])
+    x_t = diffusion.q_sample(S, x0, t, eps)
+    x0_back = jax.jit(diffusion.predict_x0_from_eps, static_argnums=())(S, x_t, t, eps)
+    np.testing.assert_allclose(x0_back, x0, atol=2e-3)  # 1 / sqrt(abar_999) ~ 157 amplifies round-off
+    # At t = 0, 1 / sqrt(1 - abar_0) = 100 amplifies float32 round-off likewise.
+    np.testing.assert_allclose(diffusion.predict_eps_from_x0(S, x_t, t, x0), eps, atol=1e-3)
+
+
+@pytest.mark.parametrize("t", [1, 50, 999])
+def test_posterior_matches_bayes_rule_on_a_grid(t):
+    """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0), normalised numerically."""
+    x0, x_t = 0.3, -0.4
+    betas = np.linspace(1e-4, 0.02, 1000)  # float64, independent of the Schedule
+    beta, abar_prev = betas[t], np.prod(1 - betas[:t])
+    prior_mean, prior_var = np.sqrt(abar_prev) * x0, 1 - abar_prev
+    # A grid fine enough for the posterior standard deviation sqrt(beta_tilde_t).
+    sd = np.sqrt(beta * prior_var / (beta + (1 - beta) * prior_var))
+    centre = (prior_mean / prior_var + np.sqrt(1 - beta) * x_t / beta) * sd**2
+    grid = np.linspace(centre - 12 * sd, centre + 12 * sd, 200_001)
+    log_p = -((x_t - np.sqrt(1 - beta) * grid) ** 2) / (2 * beta) - (grid - prior_mean) ** 2 / (2 * prior_var)
+    p = np.exp(log_p - log_p.max())
+    p /= p.sum()
+    grid_mean = np.sum(p * grid)
+    grid_var = np.sum(p * (grid - grid_mean) ** 2)
+    mean, var = diffusion.q_posterior_mean_variance(S, jnp.array([x0]), jnp.array([x_t]), jnp.array([t]))
+    np.testing.assert_allclose(float(mean[0]), grid_mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(var[0]), grid_var, rtol=1e-3)
+    np.testing.assert_allclose(float(var[0]), float(S.posterior_variance[t]), rtol=1e-4)
+
+
+def test_posterior_at_t0_collapses_onto_x0():
+    x0, x_t = jnp.array([[0.25]]), jnp.array([[0.9]])
+    mean, var = diffusion.q_posterior_mean_variance(S, x0, x_t, jnp.array([0]))
+    np.testing.assert_allclose(mean, x0, atol=1e-6)
+    assert float(var.squeeze()) == 0.0
+
+
+def test_strided_posterior_matches_composed_steps():
+    """q(x_s | x_t, x_0) for s < t-1 from the effective beta equals Bayes with the true chain."""
+    t, t_prev = 600, 400
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    abar_t, abar_p = abar[t], abar[t_prev]
+    x0, x_t = 0.5, 0.1
+    # Joint Gaussian of (x_s, x_t) given x_0: condition x_s on x_t.
+    cov_st = np.sqrt(abar_t / abar_p) * (1 - abar_p)
+    mean = np.sqrt(abar_p) * x0 + cov_st / (1 - abar_t) * (x_t - np.sqrt(abar_t) * x0)
+    var = (1 - abar_p) - cov_st**2 / (1 - abar_t)
+    m, v = diffusion.q_posterior_mean_variance(S, jnp.array([x0]), jnp.array([x_t]), jnp.array([t]), jnp.array([t_prev]))
+    np.testing.assert_allclose([float(m[0]), float(v[0])], [mean, var], rtol=1e-4)
+
+
+def test_ddpm_loss_of_the_exact_eps_is_the_bayes_error():
+    """For Gaussian data N(mu, s^2), the best eps has loss E_t[abar s^2 / (abar s^2 + 1 - abar)]."""
+    std = 0.5
+    mixture = analytic.gaussian(jnp.full((4, 4, 1), 0.3), std)
+    x0, _ = analytic.sample_data(mixture, jax.random.PRNGKey(0), 20_000)
+    eps_fn = analytic.mixture_eps_fn(S, mixture)
+    loss = float(jax.jit(diffusion.ddpm_loss, static_argnums=0)(eps_fn, S, x0, None, jax.random.PRNGKey(1)))
+    abar = np.asarray(S.alphas_cumprod, np.float64)
+    expected = np.mean(abar * std**2 / (abar * std**2 + 1 - abar))
+    # Monte Carlo over t (20k draws): per-example loss lies in [0, ~1], so SE < 0.5 / sqrt(20k).
+    assert abs(loss - expected) < 5 * 0.5 / np.sqrt(20_000), (loss, expected)
+    zero_loss = float(diffusion.ddpm_loss(lambda x, t, y: jnp.zeros_like(x), S, x0, None, jax.random.PRNGKey(1)))
+    assert abs(zero_loss - 1.0) < 0.01  # predicting 0 costs E[eps^2] = 1
