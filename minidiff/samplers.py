@@ -187,12 +187,14 @@ def ddim_inverse_step(
         x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
         x_next  = sqrt(alpha_bar_next) x0_pred + sqrt(1 - alpha_bar_next) eps
 
-    It is `ddim_step` from t to t_next. `ddim_invert` evaluates eps at (x_t, t_next): the
+    It is `ddim_step` with eta = 0 from t to t_next. `ddim_invert` evaluates eps at (x_t, t_next): the
     sampling step t_next -> t uses eps(x_{t_next}, t_next), which is unknown before we get
     there, so inversion assumes eps(x_t, t_next) ~ eps(x_{t_next}, t_next). That one
     approximation is the whole error of DDIM inversion; it shrinks as steps get smaller.
     """
-    return ddim_step(s, x_t, eps, t, t_next, eta=0.0)
+    abar_next, one_minus_abar_next = alpha_bar_pair(s, t_next, x_t)
+    x0_pred = predict_x0_from_eps(s, x_t, t, eps)
+    return jnp.sqrt(abar_next) * x0_pred + jnp.sqrt(one_minus_abar_next) * eps
 
 
 # --------------------------------------------------------------------------- whole loops
