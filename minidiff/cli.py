@@ -1,0 +1,132 @@
+"""Command line: python -m minidiff {train,sample} ... (each with --help).
+
+The CLI only maps flags to config fields and calls library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from minidiff import checkpoint, data
+
+
+def parse_labels(text: str) -> list[int]:
+    """'0..9' -> [0, ..., 9]; '3,5,7' -> [3, 5, 7]; '4' -> [4]."""
+    try:
+        if ".." in text:
+            lo, hi = text.split("..")
+            return list(range(int(lo), int(hi) + 1))
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"labels must look like '0..9' or '1,4,7', got {text!r}")
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a class-conditional U-Net with the DDPM objective",
+                       description="Train a class-conditional U-Net (DDPM loss, EMA, label dropout "
+                       "for classifier-free guidance). Resumes from RUN_DIR/ckpt.npz if present.")
+    p.add_argument("--dataset", choices=data.DATASETS, default="mnist")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/DATASET)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files "
+                   "(else $MINIDIFF_DATA_DIR, the cache, then download)")
+    p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=None,
+                   help="U-Net widths per level, e.g. 32,64,128 (default: the dataset's preset)")
+    from minidiff.train import TrainConfig
+    defaults = TrainConfig()
+    for name in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip",
+                 "ema_decay", "p_uncond", "seed", "log_every", "ckpt_every", "sample_every"):
+        value = getattr(defaults, name)
+        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
+                       help=f"(default {value})")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default=defaults.schedule)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args) -> None:
+    from minidiff import train
+    from minidiff.unet import UNetConfig
+
+    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    cfg = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    unet_cfg = UNetConfig.cifar() if args.dataset == "cifar10" else UNetConfig.mnist()
+    if args.channels:
+        unet_cfg = dataclasses.replace(unet_cfg, channels=args.channels)
+    (images, labels), _ = data.load_train_and_heldout(args.dataset, args.data_dir)
+    run_dir = args.out or Path("runs") / args.dataset
+    trainer = train.Trainer(unet_cfg, cfg, run_dir, images, labels)
+    print(f"{train.describe(unet_cfg)}; {len(images)} training images; run dir {run_dir} "
+          f"(starting at step {trainer.step})")
+    records = trainer.run(progress=not args.no_progress)
+    if records:
+        r = records[-1]
+        print(f"done: step {r['step']}, loss {r['loss']:.4f}, {r['elapsed'] / 60:.1f} min of training; "
+              f"weights in {run_dir / 'model.npz'}")
+
+
+def add_sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="draw class-conditional samples from a trained model",
+                       description="Sample with DDIM or DDPM and classifier-free guidance. "
+                       "Without --ckpt, uses the released MNIST model.")
+    p.add_argument("--ckpt", type=Path, default=None, help="model file (default: data/checkpoints/mnist.npz)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses all T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading")
+    p.add_argument("--guidance", type=float, default=3.0, help="CFG scale w (1: conditional, 0: unconditional)")
+    p.add_argument("--labels", type=parse_labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes)")
+    p.add_argument("--per-label", type=int, default=10, help="samples per label (one grid row each)")
+    p.add_argument("--clip-x0", action="store_true", help="clip predicted x0 to [-1, 1] at each step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("samples.png"),
+                   help=".png for a picture grid, .npz for the raw images in [-1, 1] and labels")
+
+
+def run_sample(args) -> None:
+    import jax
+
+    from minidiff import pipeline, plotting
+
+    if args.out.suffix not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png or .npz, got {args.out}")
+    if args.per_label < 1:
+        raise ValueError(f"--per-label must be >= 1, got {args.per_label}")
+    model, meta = pipeline.load_model(args.ckpt)
+    num_classes = model.config.num_classes
+    wanted = list(range(num_classes)) if args.labels is None else args.labels
+    bad = [v for v in wanted if not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(f"label(s) {bad} out of range: this model knows classes 0..{num_classes - 1}")
+    labels = np.repeat(np.asarray(wanted, np.int32), args.per_label)
+    images = pipeline.generate(model, pipeline.schedule_of(meta), labels, jax.random.PRNGKey(args.seed),
+                               sampler=args.sampler, steps=args.steps, eta=args.eta,
+                               guidance_scale=args.guidance, spacing=args.spacing, clip_x0=args.clip_x0)
+    if args.out.suffix == ".npz":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.out, images=np.asarray(images), labels=labels)
+    else:
+        name = args.sampler.upper() + (f"-{args.steps}, eta={args.eta}" if args.sampler == "ddim" else "")
+        plotting.save_grid(args.out, images, args.per_label, row_labels=wanted,
+                           title=f"{name}, w={args.guidance}")
+    print(f"wrote {len(labels)} samples to {args.out}")
+
+
+COMMANDS = {"train": (add_train_parser, run_train), "sample": (add_sample_parser, run_sample)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minidiff", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command][1](args)
+    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as err:
+        print(f"minidiff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

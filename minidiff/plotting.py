@@ -1,0 +1,84 @@
+"""Pictures: image grids, trajectories and curves, written as PNG files with matplotlib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def to_uint8(images) -> np.ndarray:
+    """Model-range images (N, H, W, C) in [-1, 1] -> uint8 (N, H, W, C), clipped."""
+    x = np.asarray(images, np.float32)
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images, ncols: int, pad: int = 2) -> np.ndarray:
+    """Tile images (N, H, W, C) in [-1, 1] into one uint8 picture with ncols per row.
+
+    Returns (rows * (H + pad) + pad, ncols * (W + pad) + pad, C); padding is white.
+    """
+    x = to_uint8(images)
+    n, h, w, c = x.shape
+    nrows = -(-n // ncols)
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top : top + h, left : left + w] = x[i]
+    return grid
+
+
+def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=None) -> Path:
+    """Save images (N, H, W, C) in [-1, 1] as a PNG grid, rows optionally labelled."""
+    grid = image_grid(images, ncols)
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest-neighbour upscaling
+    height, width = grid.shape[:2]
+    dpi = 100
+    margin = 0.6 if row_labels is not None else 0.0
+    top = 0.35 if title else 0.0
+    fig = plt.figure(figsize=(width / dpi + margin, height / dpi + top), dpi=dpi)
+    ax = fig.add_axes((margin / (width / dpi + margin), 0, width / dpi / (width / dpi + margin),
+                       height / dpi / (height / dpi + top)))
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels is not None:
+        nrows = len(row_labels)
+        step = height / nrows
+        ax.set_yticks([step * (i + 0.5) for i in range(nrows)], [str(r) for r in row_labels])
+        ax.tick_params(length=0)
+    else:
+        ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.05 * top)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def save_curve(path, xs, ys, xlabel: str, ylabel: str, title: str | None = None, logy: bool = False) -> Path:
+    """Save one line plot (e.g. training loss against step) as PNG."""
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    ax.plot(xs, ys)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,235 @@
+"""DDPM training: a jitted, data-parallel train step with EMA, and a resumable loop.
+
+Algorithm 1 of Ho et al. 2020 with the practical additions every diffusion codebase uses:
+AdamW with linear warm-up and gradient clipping, an exponential moving average (EMA) of the
+weights for sampling, and label dropout to the null class (p_uncond) so that one network
+learns both eps(x_t, t, y) and eps(x_t, t, null) for classifier-free guidance
+(Ho & Salimans 2021, Algorithm 1).
+
+Reproducibility: the batch at step k and the noise at step k are functions of (seed, k)
+alone, so a run killed at any point and resumed from its last checkpoint ends with exactly
+the parameters of an uninterrupted run.
+
+Data parallelism: the batch is split over all local devices along a 'data' mesh axis and the
+weights are replicated; XLA inserts the gradient all-reduce. One device is the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from minidiff import checkpoint, data, diffusion, pipeline, plotting, schedules
+from minidiff.unet import UNetConfig, count_params
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "mnist"  # one of data.DATASETS
+    steps: int = 1500  # optimiser steps in total (a resumed run continues to this)
+    batch_size: int = 128  # global batch, split over devices
+    lr: float = 2e-3  # peak AdamW learning rate
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # global gradient-norm clip
+    ema_decay: float = 0.999  # EMA decay (ramped up as min(decay, (1+k)/(10+k)))
+    p_uncond: float = 0.1  # probability that a label is replaced by the null class
+    schedule: str = "linear"  # noise schedule name
+    T: int = 1000  # diffusion steps
+    seed: int = 0  # model init, data order and noise
+    log_every: int = 25  # steps between loss checks / progress updates (one host sync each)
+    ckpt_every: int = 100  # steps between checkpoints
+    sample_every: int = 500  # steps between sample grids (0: never)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be positive")
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
+        [cfg.warmup_steps],
+    )
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(lr, weight_decay=cfg.weight_decay))
+
+
+def init_state(unet_cfg: UNetConfig, cfg: TrainConfig):
+    """(graphdef, state): state = {params, ema, opt_state, step}, a pytree of arrays."""
+    graphdef, params = nnx.split(pipeline.build_model(unet_cfg, cfg.seed))
+    state = {
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),
+        "opt_state": make_optimizer(cfg).init(params),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    return graphdef, state
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "null_class"), donate_argnums=(0,))
+def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: TrainConfig, null_class: int):
+    """One optimiser step on a batch x0 (B, H, W, C), labels y (B,). Returns (state, loss)."""
+    key_drop, key_loss = jax.random.split(key)
+    y = jnp.where(jax.random.uniform(key_drop, y.shape) < cfg.p_uncond, null_class, y)  # (B,)
+
+    def loss_fn(params):
+        eps_fn = lambda x_t, t, labels: nnx.merge(graphdef, params)(x_t, t, labels)
+        return diffusion.ddpm_loss(eps_fn, s, x0, y, key_loss)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = make_optimizer(cfg).update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    decay = jnp.minimum(cfg.ema_decay, (1.0 + state["step"]) / (10.0 + state["step"]))
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], params)
+    return {"params": params, "ema": ema, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+
+def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
+    """The example indices of the batch at a given step: a function of (seed, step) alone.
+
+    Each epoch is a fresh permutation drawn from (seed, epoch); the last partial batch of an
+    epoch is dropped.
+    """
+    per_epoch = num_examples // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({num_examples})")
+    epoch, i = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return order[i * batch_size : (i + 1) * batch_size]
+
+
+def data_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over all local devices, axis 'data'."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+class Trainer:
+    """Owns a run directory: ckpt.npz (full state), model.npz (EMA weights), log.jsonl, PNGs."""
+
+    def __init__(self, unet_cfg: UNetConfig, cfg: TrainConfig, run_dir, images=None, labels=None):
+        self.unet_cfg, self.cfg, self.run_dir = unet_cfg, cfg, Path(run_dir)
+        if images is None:
+            (images, labels), _ = data.load_train_and_heldout(cfg.dataset)
+        if images.shape[1:] != (unet_cfg.image_size, unet_cfg.image_size, unet_cfg.in_channels):
+            raise ValueError(f"images of shape {images.shape[1:]} do not fit the U-Net config "
+                             f"({unet_cfg.image_size}x{unet_cfg.image_size}x{unet_cfg.in_channels})")
+        self.images = data.to_model_range(images) if images.dtype == np.uint8 else np.asarray(images, np.float32)
+        self.labels = np.asarray(labels, np.int32)
+        self.schedule = schedules.make_schedule(cfg.schedule, cfg.T)
+        mesh = data_mesh()
+        if cfg.batch_size % mesh.size:
+            raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {mesh.size} devices")
+        self.batch_sharding = NamedSharding(mesh, P("data"))
+        self.replicated = NamedSharding(mesh, P())
+        self.graphdef, state = init_state(unet_cfg, cfg)
+        self.elapsed = 0.0  # training seconds, summed over resumed sessions
+        if self.ckpt_path.exists():
+            state, meta = checkpoint.load_checkpoint(self.ckpt_path, state)
+            self._check_same_run(meta)
+            self.elapsed = meta["elapsed"]
+        self.state = jax.device_put(state, self.replicated)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "ckpt.npz"
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def _metadata(self) -> dict:
+        return {"train": dataclasses.asdict(self.cfg), "unet": dataclasses.asdict(self.unet_cfg),
+                "step": self.step, "elapsed": self.elapsed}
+
+    def _check_same_run(self, meta: dict) -> None:
+        saved = {k: v for k, v in meta["train"].items() if k != "steps"}
+        wanted = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "steps"}
+        if saved != wanted or meta["unet"] != json.loads(json.dumps(dataclasses.asdict(self.unet_cfg))):
+            raise ValueError(f"{self.ckpt_path} was written by a different configuration; "
+                             "use another run directory or the same settings (only --steps may change)")
+
+    def save(self) -> None:
+        """Full state to ckpt.npz and the EMA weights to model.npz, each atomically."""
+        meta = self._metadata()
+        checkpoint.save_checkpoint(self.ckpt_path, self.state, meta)
+        model = nnx.merge(self.graphdef, self.state["ema"])
+        pipeline.save_model(self.run_dir / "model.npz", model, meta)
+
+    def ema_model(self):
+        return nnx.merge(self.graphdef, jax.device_get(self.state["ema"]))
+
+    def sample_grid(self, path, per_label: int = 4, guidance_scale: float = 3.0) -> None:
+        labels = pipeline.label_grid(self.unet_cfg.num_classes, per_label)
+        images = pipeline.generate(self.ema_model(), self.schedule, labels, jax.random.PRNGKey(0),
+                                   steps=25, guidance_scale=guidance_scale)
+        plotting.save_grid(path, images, per_label, row_labels=list(range(self.unet_cfg.num_classes)),
+                           title=f"step {self.step}, DDIM-25, w={guidance_scale}")
+
+    def run(self, progress: bool = True) -> list[dict]:
+        """Train up to cfg.steps; returns the log records written this session."""
+        cfg, records = self.cfg, []
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        base_key = jax.random.PRNGKey(cfg.seed)
+        pending, since = [], time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        for step in range(self.step, cfg.steps):
+            idx = batch_indices(step, len(self.images), cfg.batch_size, cfg.seed)
+            x0 = jax.device_put(self.images[idx], self.batch_sharding)  # (B, H, W, C)
+            y = jax.device_put(self.labels[idx], self.batch_sharding)  # (B,)
+            self.state, loss = train_step(
+                self.state, x0, y, jax.random.fold_in(base_key, step), self.schedule,
+                graphdef=self.graphdef, cfg=cfg, null_class=self.unet_cfg.num_classes)
+            pending.append(loss)
+            done = step + 1
+            if done % cfg.log_every and done % cfg.ckpt_every and done != cfg.steps:
+                continue
+            losses = np.asarray(jax.device_get(pending))  # the one host sync per log interval
+            if not np.all(np.isfinite(losses)):
+                bad = done - len(losses) + int(np.argmin(np.isfinite(losses)))
+                raise TrainingDiverged(
+                    f"loss became {losses[~np.isfinite(losses)][0]} at step {bad}; training stopped. "
+                    f"The last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
+                    else f"loss became non-finite at step {bad}; training stopped before any checkpoint")
+            now = time.perf_counter()
+            self.elapsed += now - since
+            record = {"step": done, "loss": float(losses.mean()), "elapsed": round(self.elapsed, 2),
+                      "images_per_s": round(len(losses) * cfg.batch_size / (now - since), 1)}
+            records.append(record)
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.update(len(losses))
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=record["images_per_s"])
+            pending = []
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                self.save()
+            if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+                self.sample_grid(self.run_dir / f"samples_{done:06d}.png")
+            since = time.perf_counter()
+        bar.close()
+        return records
+
+
+def describe(unet_cfg: UNetConfig) -> str:
+    model = pipeline.build_model(unet_cfg)
+    return f"U-Net {unet_cfg.channels}, {count_params(model):,} parameters, {jax.device_count()} device(s)"
