@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -60,7 +61,7 @@ def save_checkpoint(path, tree, metadata: dict) -> None:
 def read_metadata(path) -> dict:
     """The metadata dict of a checkpoint, without loading its arrays."""
     with _open(path) as data:
-        return json.loads(str(data[_META_KEY]))
+        return json.loads(str(_read(data, _META_KEY, path)))
 
 
 def load_checkpoint(path, template):
@@ -71,7 +72,7 @@ def load_checkpoint(path, template):
     """
     expected = _named_leaves(template)
     with _open(path) as data:
-        metadata = json.loads(str(data[_META_KEY]))
+        metadata = json.loads(str(_read(data, _META_KEY, path)))
         names = set(data.files) - {_META_KEY}
         missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
         if missing or unexpected:
@@ -81,7 +82,7 @@ def load_checkpoint(path, template):
             )
         leaves = []
         for name, want in expected.items():
-            got = data[name]
+            got = _read(data, name, path)
             if got.shape != want.shape or got.dtype != want.dtype:
                 raise CheckpointError(
                     f"{path}: array {name!r} has shape {got.shape} {got.dtype}, "
@@ -90,6 +91,14 @@ def load_checkpoint(path, template):
             leaves.append(got)
     treedef = jax.tree_util.tree_structure(template)
     return jax.tree_util.tree_unflatten(treedef, leaves), metadata
+
+
+def _read(data, name: str, path) -> np.ndarray:
+    """One array of an open .npz; object (pickled) or damaged members raise CheckpointError."""
+    try:
+        return data[name]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise CheckpointError(f"{path}: cannot read array {name!r} ({err})") from err
 
 
 class _open:

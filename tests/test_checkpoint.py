@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from minidiff import checkpoint
+
+TREE = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)},
+        "step": np.array(7, np.int32)}
+
+
+def test_round_trip_restores_every_array_and_the_metadata(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save_checkpoint(path, TREE, {"step": 7, "note": "hi"})
+    template = {"params": {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)},
+                "step": np.array(0, np.int32)}
+    tree, meta = checkpoint.load_checkpoint(path, template)
+    np.testing.assert_array_equal(tree["params"]["w"], TREE["params"]["w"])
+    np.testing.assert_array_equal(tree["params"]["b"], TREE["params"]["b"])
+    assert int(tree["step"]) == 7 and meta == {"step": 7, "note": "hi"}
+    assert checkpoint.read_metadata(path)["note"] == "hi"
+
+
+def test_shape_mismatch_names_the_array(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save_checkpoint(path, TREE, {})
+    template = {"params": {"w": np.zeros((3, 3), np.float32), "b": np.zeros(3, np.float32)},
+                "step": np.array(0, np.int32)}
+    with pytest.raises(checkpoint.CheckpointError, match=r"params/w.*\(2, 3\).*expected \(3, 3\)"):
+        checkpoint.load_checkpoint(path, template)
+    with pytest.raises(checkpoint.CheckpointError, match="missing"):
+        checkpoint.load_checkpoint(path, {"other": np.zeros(1)})
+
+
+def test_missing_truncated_and_foreign_files_are_refused(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="not found"):
+        checkpoint.read_metadata(tmp_path / "nope.npz")
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save_checkpoint(path, TREE, {})
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated.npz"):
+        checkpoint.load_checkpoint(truncated, TREE)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.zeros(2))
+    with pytest.raises(checkpoint.CheckpointError, match="not a minidiff checkpoint"):
+        checkpoint.read_metadata(foreign)
+
+
+def test_pickled_arrays_are_never_loaded(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, **{"__metadata__": np.array("{}"), "step": np.array([object()], dtype=object)})
+    with pytest.raises(checkpoint.CheckpointError, match="step"):
+        checkpoint.load_checkpoint(path, {"step": np.zeros(1, np.int32)})
+
+
+def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save_checkpoint(path, TREE, {"step": 7})
+    before = path.read_bytes()
+
+    def crash(f, **arrays):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(np, "savez_compressed", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, TREE, {"step": 8})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]  # no temporary left behind

@@ -1,0 +1,127 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from minidiff import checkpoint, data, train
+from tests.helpers import REPO, TINY_UNET, data_dir
+
+# A training run in a child process, on fixed random images, so it can be killed and resumed.
+RUNNER = """
+import json, sys
+import numpy as np
+from minidiff import pipeline, train
+tiny = pipeline.unet_config_from_dict(json.loads(sys.argv[3]))
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8)
+labels = rng.integers(0, 10, 256)
+cfg = train.TrainConfig(steps=int(sys.argv[2]), batch_size=16, warmup_steps=5, log_every=1,
+                        ckpt_every=5, sample_every=0)
+records = train.Trainer(tiny, cfg, sys.argv[1], images, labels).run(progress=False)
+print(json.dumps([r["loss"] for r in records]))
+"""
+
+
+def run_child(run_dir, steps, env_extra=None, wait=True):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    tiny = json.dumps({**TINY_UNET.__dict__, "channels": list(TINY_UNET.channels)})
+    args = [sys.executable, "-c", RUNNER, str(run_dir), str(steps), tiny]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def final_params(run_dir):
+    template = train.init_state(TINY_UNET, train.TrainConfig())[1]
+    state, meta = checkpoint.load_checkpoint(run_dir / "ckpt.npz", template)
+    return state, meta
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+    a = [train.batch_indices(k, 100, 10, seed=3) for k in range(10)]  # one epoch
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+    np.testing.assert_array_equal(train.batch_indices(4, 100, 10, seed=3), a[4])
+    assert not np.array_equal(train.batch_indices(10, 100, 10, seed=3), a[0])  # next epoch reshuffles
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        train.batch_indices(0, 5, 10, seed=0)
+
+
+def test_sigkill_and_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_path):
+    steps = 40
+    run_child(tmp_path / "straight", steps)
+    killed = tmp_path / "killed"
+    proc = run_child(killed, steps, wait=False)
+    log = killed / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, meta = final_params(killed)
+    assert 5 <= meta["step"] < steps  # it was killed part-way, after a checkpoint
+    run_child(killed, steps)  # resume
+    a, meta_a = final_params(tmp_path / "straight")
+    b, meta_b = final_params(killed)
+    assert meta_a["step"] == meta_b["step"] == steps
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_four_host_devices_give_the_one_device_losses(tmp_path):
+    one = run_child(tmp_path / "one", 4)
+    four = run_child(tmp_path / "four", 4, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    np.testing.assert_allclose(four, one, rtol=2e-5)
+
+
+def tiny_trainer(run_dir, images, labels, steps, **overrides):
+    cfg = train.TrainConfig(steps=steps, batch_size=32, warmup_steps=20, log_every=50,
+                            ckpt_every=50, sample_every=0, **overrides)
+    return train.Trainer(TINY_UNET, cfg, run_dir, images, labels)
+
+
+@pytest.fixture(scope="module")
+def mnist_subset():
+    root = data_dir()
+    if root is None:
+        pytest.skip("MNIST files not available")
+    images, labels = data.load_split("mnist", "test", root, download=False)
+    return images[:1024], labels[:1024]
+
+
+def test_a_few_hundred_steps_lower_the_loss(tmp_path, mnist_subset):
+    records = tiny_trainer(tmp_path, *mnist_subset, steps=300).run(progress=False)
+    first, last = records[0]["loss"], records[-1]["loss"]
+    assert last < 0.6 * first, (first, last)  # ~1.0 at init (eps = 0) down to ~0.1-0.2
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mnist_subset):
+    images, labels = mnist_subset
+    tiny_trainer(tmp_path, images, labels, steps=50).run(progress=False)
+    poisoned = data.to_model_range(images)
+    poisoned[:, 0, 0, 0] = np.nan
+    with pytest.raises(train.TrainingDiverged, match="last good checkpoint is kept"):
+        tiny_trainer(tmp_path, poisoned, labels, steps=100).run(progress=False)
+    _, meta = final_params(tmp_path)
+    assert meta["step"] == 50
+    state, _ = final_params(tmp_path)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, mnist_subset):
+    tiny_trainer(tmp_path, *mnist_subset, steps=2).run(progress=False)
+    with pytest.raises(ValueError, match="different configuration"):
+        tiny_trainer(tmp_path, *mnist_subset, steps=4, lr=1e-4)
+    with pytest.raises(ValueError, match="do not fit the U-Net"):
+        tiny_trainer(tmp_path / "b", np.zeros((64, 32, 32, 3), np.uint8), np.zeros(64), steps=2)
