@@ -1,0 +1,65 @@
+"""The command line through subprocess, as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO, data_dir
+
+
+def minidiff(*args, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "minidiff", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_commands():
+    out = minidiff("--help")
+    assert out.returncode == 0 and "train" in out.stdout and "sample" in out.stdout
+    out = minidiff("sample", "--help")
+    assert out.returncode == 0 and "--guidance" in out.stdout and "--per-label" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """Two training steps of a tiny U-Net through the CLI: a real, if useless, model file."""
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    run = tmp_path_factory.mktemp("run")
+    out = minidiff("train", "--dataset", "mnist", "--data-dir", data_dir(), "--out", run,
+                   "--channels", "8,16", "--steps", 2, "--batch-size", 16, "--sample-every", 0,
+                   "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "done: step 2" in out.stdout
+    return run / "model.npz"
+
+
+def test_sample_writes_a_png_and_an_npz(tiny_model, tmp_path):
+    out = minidiff("sample", "--ckpt", tiny_model, "--steps", 3, "--labels", "2..4", "--per-label", 2,
+                   "--out", tmp_path / "grid.png")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = minidiff("sample", "--ckpt", tiny_model, "--steps", 3, "--labels", "1,7", "--per-label", 3,
+                   "--out", tmp_path / "s.npz")
+    assert out.returncode == 0, out.stderr
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["images"].shape == (6, 28, 28, 1) and f["labels"].tolist() == [1, 1, 1, 7, 7, 7]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "--ckpt", "missing.npz"], "checkpoint not found: missing.npz"),
+        (["sample", "--labels", "3,10", "--ckpt", "{model}"], r"label\(s\) \[10\] out of range"),
+        (["sample", "--labels", "three"], "labels must look like"),
+        (["sample", "--out", "x.jpg", "--ckpt", "{model}"], "must end in .png or .npz"),
+        (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    ],
+)
+def test_bad_arguments_give_clear_errors(args, message, tiny_model):
+    out = minidiff(*[a.format(model=tiny_model) for a in args])
+    assert out.returncode == 2
+    assert __import__("re").search(message, out.stderr), out.stderr
