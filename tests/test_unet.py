@@ -1,0 +1,265 @@
+"""Tests for minidiff/unet.py: shapes, conditioning, the null class, jit, config checks.
+
+Speed: XLA compiles every op of every new shape, so eager U-Net code costs seconds here.
+The tests therefore build models from NumPy-drawn weights and run them through one jitted
+apply function, and check full-size presets with abstract evaluation (shapes, no FLOPs).
+"""
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from minidiff.unet import Conv3x3, GroupNorm, UNet, UNetConfig, count_params, timestep_embedding
+
+# A tiny U-Net (8x8 images, two levels, attention at 4x4) keeps every test fast.
+TINY = UNetConfig(image_size=8, in_channels=1, channels=(8, 16), num_res_blocks=1,
+                  attention=True, attention_heads=2, num_classes=3, emb_dim=16, num_groups=4)
+
+
+def _random_unet(config: UNetConfig, seed: int = 0, scale: float = 0.2) -> UNet:
+    """A UNet whose every parameter is N(0, scale^2), drawn by NumPy.
+
+    Random rather than trained or default weights, so that the zero-initialised output conv
+    does not hide how the output depends on its inputs.
+    """
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    state = jax.tree.map(lambda a: jnp.asarray(rng.normal(0.0, scale, a.shape), a.dtype), state)
+    return nnx.merge(graphdef, state)
+
+
+@partial(jax.jit, static_argnums=0)
+def _apply(graphdef, state, x, t, y=None, class_emb=None):
+    """The U-Net under jit, weights passed as arguments (as the samplers and trainer do)."""
+    return nnx.merge(graphdef, state)(x, t, y, class_emb)
+
+
+def _eps(model: UNet, x, t, y=None, class_emb=None):
+    return _apply(*nnx.split(model), x, t, y, class_emb)
+
+
+def _inputs(config: UNetConfig, batch: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    S, C = config.image_size, config.in_channels
+    x = jnp.asarray(rng.uniform(-1.0, 1.0, (batch, S, S, C)), jnp.float32)  # (B, H, W, C)
+    t = jnp.asarray(rng.integers(0, 1000, (batch,)), jnp.int32)  # (B,)
+    y = jnp.asarray(np.arange(batch) % config.num_classes, jnp.int32)  # (B,)
+    return x, t, y
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _random_unet(TINY)
+
+
+# --- shapes and presets ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset, shape", [("mnist", (28, 28, 1)), ("cifar", (32, 32, 3))])
+def test_preset_output_shape(preset, shape):
+    config = getattr(UNetConfig, preset)()
+    assert (config.image_size, config.image_size, config.in_channels) == shape
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
+    x, t, y = _inputs(config, batch=2)
+    eps = jax.eval_shape(partial(_apply, graphdef), state, x, t, y)  # shapes only, no FLOPs
+    assert eps.shape == x.shape and eps.dtype == jnp.float32
+
+
+def test_cifar_like_forward_is_finite():
+    # The CIFAR preset's resolutions (32 -> 16 -> 8) and channels in/out, narrower for speed.
+    config = dataclasses.replace(UNetConfig.cifar(), channels=(8, 16, 16), emb_dim=16,
+                                 num_res_blocks=1, num_groups=4)
+    x, t, y = _inputs(config, batch=2)
+    eps = _eps(_random_unet(config, scale=0.1), x, t, y)
+    assert eps.shape == (2, 32, 32, 3)
+    assert bool(jnp.all(jnp.isfinite(eps))) and float(jnp.std(eps)) > 1e-3
+
+
+def test_mnist_preset_size():
+    model = nnx.eval_shape(lambda: UNet(UNetConfig.mnist(), rngs=nnx.Rngs(0)))
+    assert 1_000_000 <= count_params(model) <= 2_000_000
+
+
+def test_count_params_counts_every_scalar(tiny):
+    assert count_params(nnx.Linear(3, 4, rngs=nnx.Rngs(0))) == 3 * 4 + 4
+    # The class table has num_classes + 1 rows: the last is the null class.
+    assert tiny.class_table.embedding[...].shape == (TINY.num_classes + 1, TINY.emb_dim)
+    assert count_params(tiny) == sum(np.size(p) for p in jax.tree.leaves(nnx.state(tiny)))
+
+
+def test_output_conv_starts_at_zero():
+    # eps_pred = 0 at initialisation: the final conv's kernel and bias start at zero.
+    conv = Conv3x3(4, 1, zero_init=True, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 4)), jnp.float32)
+    np.testing.assert_array_equal(conv(x), 0.0)
+    assert float(jnp.abs(Conv3x3(4, 1, rngs=nnx.Rngs(0))(x)).max()) > 0.0
+
+
+def test_every_conv_goes_through_conv3x3():
+    model = nnx.eval_shape(lambda: UNet(UNetConfig.mnist(), rngs=nnx.Rngs(0)))
+    nodes = [node for _, node in nnx.iter_graph(model)]
+    convs = [n for n in nodes if isinstance(n, nnx.Conv)]
+    wrapped = {id(n.conv) for n in nodes if isinstance(n, Conv3x3)}
+    assert convs and all(id(c) in wrapped for c in convs)
+    assert all(c.kernel_size == (3, 3) for c in convs)
+
+
+# --- conditioning ---------------------------------------------------------------------------
+
+def test_label_changes_output(tiny):
+    x, t, _ = _inputs(TINY)
+    eps0 = _eps(tiny, x, t, jnp.zeros(3, jnp.int32))
+    eps1 = _eps(tiny, x, t, jnp.ones(3, jnp.int32))
+    assert float(jnp.max(jnp.abs(eps0 - eps1))) > 1e-3
+
+
+def test_timestep_changes_output(tiny):
+    x, _, y = _inputs(TINY)
+    eps0 = _eps(tiny, x, jnp.full(3, 10), y)
+    eps1 = _eps(tiny, x, jnp.full(3, 900), y)
+    assert float(jnp.max(jnp.abs(eps0 - eps1))) > 1e-3
+
+
+def test_class_emb_equals_label(tiny):
+    x, t, y = _inputs(TINY)
+    emb = tiny.class_embedding(y)
+    assert emb.shape == (3, TINY.emb_dim)
+    np.testing.assert_array_equal(_eps(tiny, x, t, class_emb=emb), _eps(tiny, x, t, y))
+    # One (emb_dim,) vector is broadcast over the batch.
+    same = jnp.full((3,), 2)
+    np.testing.assert_array_equal(_eps(tiny, x, t, class_emb=tiny.class_embedding(same)[0]),
+                                  _eps(tiny, x, t, same))
+
+
+@pytest.fixture(scope="module")
+def tiny_grads(tiny):
+    """Loss and gradients w.r.t. (weights, class_emb) of a jitted loss: one compile, two tests."""
+    x, t, y = _inputs(TINY)
+    graphdef, state = nnx.split(tiny)
+
+    @jax.jit
+    def loss_and_grads(state, class_emb):
+        def loss(state, class_emb):
+            eps = nnx.merge(graphdef, state)(x, t, class_emb=class_emb)
+            return jnp.mean((eps - x) ** 2)
+        return jax.value_and_grad(loss, argnums=(0, 1))(state, class_emb)
+
+    loss, (grad_state, grad_emb) = loss_and_grads(state, tiny.class_embedding(y))
+    return state, loss, grad_state, grad_emb
+
+
+def test_gradient_wrt_class_emb(tiny_grads):
+    # Null-class inversion optimises the class embedding vector by gradient descent.
+    _, loss, _, grad_emb = tiny_grads
+    assert np.isfinite(float(loss))
+    assert grad_emb.shape == (3, TINY.emb_dim)
+    assert bool(jnp.all(jnp.isfinite(grad_emb)))
+    assert float(jnp.min(jnp.max(jnp.abs(grad_emb), axis=1))) > 0.0  # every sample's row
+
+
+def test_no_label_means_null_class(tiny):
+    assert tiny.null_class == TINY.num_classes
+    x, t, _ = _inputs(TINY)
+    null = jnp.full((3,), tiny.null_class)
+    unconditional = _eps(tiny, x, t)
+    np.testing.assert_array_equal(unconditional, _eps(tiny, x, t, null))
+    real_class = _eps(tiny, x, t, jnp.zeros(3, jnp.int32))
+    assert float(jnp.max(jnp.abs(unconditional - real_class))) > 1e-3
+
+
+# --- timestep embedding ---------------------------------------------------------------------
+
+def test_timestep_embedding_known_values():
+    emb = timestep_embedding(jnp.array([0, 1]), 4)
+    assert emb.shape == (2, 4)
+    np.testing.assert_allclose(emb[0], [0.0, 0.0, 1.0, 1.0])  # t = 0: sin 0, cos 0
+    # dim 4: half = 2, frequencies 10000^(-0/2) = 1 and 10000^(-1/2) = 0.01.
+    np.testing.assert_allclose(emb[1], [np.sin(1.0), np.sin(0.01), np.cos(1.0), np.cos(0.01)],
+                               rtol=1e-6)
+
+
+def test_timestep_embedding_distinct_and_bounded():
+    emb = np.asarray(timestep_embedding(jnp.arange(1000), 64))
+    assert emb.shape == (1000, 64)
+    assert np.all(np.abs(emb) <= 1.0)
+    d2 = np.sum(emb**2, 1)[:, None] + np.sum(emb**2, 1)[None, :] - 2 * emb @ emb.T
+    off_diagonal = d2[~np.eye(1000, dtype=bool)]
+    assert off_diagonal.min() > 1e-4  # no two timesteps share an embedding
+    with pytest.raises(ValueError, match="dim"):
+        timestep_embedding(jnp.arange(3), 5)
+
+
+# --- group normalisation ---------------------------------------------------------------------
+
+def test_group_norm_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (2, 5, 5, 8)).astype(np.float32)  # (B, H, W, C), mean far from 0
+    norm = GroupNorm(8, 4)
+    scale, bias = rng.normal(size=8), rng.normal(size=8)
+    nnx.update(norm, nnx.State({"scale": jnp.asarray(scale, jnp.float32),
+                                "bias": jnp.asarray(bias, jnp.float32)}))
+    groups = x.astype(np.float64).reshape(2, 5, 5, 4, 2)  # 4 groups of 2 channels
+    mu = groups.mean(axis=(1, 2, 4), keepdims=True)
+    var = groups.var(axis=(1, 2, 4), keepdims=True)
+    expected = ((groups - mu) / np.sqrt(var + 1e-6)).reshape(x.shape) * scale + bias
+    np.testing.assert_allclose(norm(jnp.asarray(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+# --- jit with nnx.split / nnx.merge ---------------------------------------------------------
+
+def test_jit_split_merge_matches_eager(tiny):
+    x, t, y = _inputs(TINY)
+    graphdef, state = nnx.split(tiny)
+
+    @jax.jit
+    def eps_fn(state, x, t, y):
+        return nnx.merge(graphdef, state)(x, t, y)
+
+    eager = tiny(x, t, y)  # op by op, no jit
+    np.testing.assert_allclose(eps_fn(state, x, t, y), eager, rtol=1e-5, atol=1e-5)
+    # Weights are arguments, not constants: new weights give a new answer without retracing.
+    doubled = jax.tree.map(lambda p: 2 * p, state)
+    assert float(jnp.max(jnp.abs(eps_fn(doubled, x, t, y) - eps_fn(state, x, t, y)))) > 1e-3
+    assert eps_fn._cache_size() == 1
+
+
+def test_jit_gradient_wrt_weights(tiny_grads):
+    state, loss, grad_state, _ = tiny_grads
+    assert np.isfinite(float(loss))
+    grads = {jax.tree_util.keystr(path): np.asarray(g)
+             for path, g in jax.tree_util.tree_leaves_with_path(grad_state)}
+    assert len(grads) == len(jax.tree.leaves(state))
+    assert all(np.all(np.isfinite(g)) for g in grads.values())
+    # class_emb replaced the table lookup, so only the class table gets no gradient.
+    unused = [name for name, g in grads.items() if not np.any(g)]
+    assert len(unused) == 1 and "class_table" in unused[0], unused
+
+
+# --- validation -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, field", [
+    (dict(image_size=30), "image_size"),  # 30 is not divisible by 2**(3-1) = 4
+    (dict(channels=(16, 20, 32)), "num_groups"),  # 20 is not a multiple of 8 groups
+    (dict(channels=()), "channels"),
+    (dict(num_res_blocks=0), "num_res_blocks"),
+    (dict(attention_heads=3), "attention_heads"),
+    (dict(emb_dim=33), "emb_dim"),
+    (dict(num_classes=0), "num_classes"),
+])
+def test_bad_config_raises(change, field):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(UNetConfig.mnist(), **change)
+
+
+def test_wrong_input_shape_raises(tiny):
+    _, t, y = _inputs(TINY)
+    with pytest.raises(ValueError, match="image_size=8"):
+        _eps(tiny, jnp.zeros((3, 16, 16, 1)), t, y)
+    with pytest.raises(ValueError, match="in_channels=1"):
+        _eps(tiny, jnp.zeros((3, 8, 8, 3)), t, y)
+    with pytest.raises(ValueError, match="expects"):
+        _eps(tiny, jnp.zeros((8, 8, 1)), t, y)
