@@ -30,12 +30,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not match what was expected."""
 
 
-def _named_leaves(tree) -> dict[str, np.ndarray]:
-    """{"params/down/0/conv/kernel": array, ...}: one entry per pytree leaf."""
+def _named_leaves(tree) -> dict:
+    """{"params/down/0/conv/kernel": leaf, ...}: one entry per pytree leaf."""
     named = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-        named[name] = np.asarray(leaf)
+        named[name] = leaf
     return named
 
 
@@ -43,7 +43,7 @@ def save_checkpoint(path, tree, metadata: dict) -> None:
     """Write tree's arrays and JSON-serialisable metadata to path (.npz), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = _named_leaves(tree)
+    arrays = {name: np.asarray(leaf) for name, leaf in _named_leaves(tree).items()}
     arrays[_META_KEY] = np.array(json.dumps(metadata))  # a unicode array, not an object
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -67,6 +67,8 @@ def read_metadata(path) -> dict:
 def load_checkpoint(path, template):
     """Load the arrays of path into a pytree shaped like template; returns (tree, metadata).
 
+    The template's leaves need only .shape and .dtype (arrays or jax.ShapeDtypeStruct).
+
     Raises CheckpointError naming the file and the first array that is missing or whose
     shape/dtype differs from the template's.
     """
@@ -83,7 +85,7 @@ def load_checkpoint(path, template):
         leaves = []
         for name, want in expected.items():
             got = _read(data, name, path)
-            if got.shape != want.shape or got.dtype != want.dtype:
+            if got.shape != tuple(want.shape) or got.dtype != want.dtype:
                 raise CheckpointError(
                     f"{path}: array {name!r} has shape {got.shape} {got.dtype}, "
                     f"expected {want.shape} {want.dtype}"

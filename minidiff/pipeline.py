@@ -19,6 +19,7 @@ from flax import nnx
 from jax.tree_util import Partial
 
 from minidiff import checkpoint, guidance, samplers, schedules
+from minidiff.classifier import Classifier, ClassifierConfig
 from minidiff.unet import UNet, UNetConfig
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
@@ -42,31 +43,41 @@ def unet_eps_fn(model: UNet):
 
 
 def build_model(config: UNetConfig, seed: int = 0) -> UNet:
+    """A freshly initialised U-Net."""
     return UNet(config, rngs=nnx.Rngs(seed))
 
 
-def unet_config_from_dict(d: dict) -> UNetConfig:
-    d = dict(d)
-    d["channels"] = tuple(d["channels"])
-    return UNetConfig(**d)
+# Model files hold one network: its weights, and under metadata[kind] the config to rebuild it.
+MODEL_KINDS = {"unet": (UNet, UNetConfig), "classifier": (Classifier, ClassifierConfig)}
 
 
-def save_model(path, model: UNet, metadata: dict) -> None:
-    """Write a model file: the weights and, in metadata["unet"], the config to rebuild it."""
-    meta = dict(metadata, unet=dataclasses.asdict(model.config))
+def _kind_of(model) -> str:
+    return next(kind for kind, (cls, _) in MODEL_KINDS.items() if isinstance(model, cls))
+
+
+def save_model(path, model, metadata: dict) -> None:
+    """Write a model file (a U-Net or a classifier) with the config that rebuilds it."""
+    meta = dict(metadata, kind=_kind_of(model), **{_kind_of(model): dataclasses.asdict(model.config)})
     checkpoint.save_checkpoint(path, nnx.state(model), meta)
 
 
-def load_model(path=None) -> tuple[UNet, dict]:
-    """Load a model file (default: the released MNIST model) -> (model, metadata)."""
+def config_from_dict(config_cls, d: dict):
+    """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def load_model(path=None, kind: str = "unet"):
+    """Load a model file -> (model, metadata). Default: the released MNIST U-Net."""
     path = DEFAULT_CHECKPOINT if path is None else Path(path)
     meta = checkpoint.read_metadata(path)
-    if "unet" not in meta:
-        raise checkpoint.CheckpointError(f"{path}: not a model file (no U-Net config)")
-    model = build_model(unet_config_from_dict(meta["unet"]))
-    state, _ = checkpoint.load_checkpoint(path, nnx.state(model))
-    nnx.update(model, state)
-    return model, meta
+    if meta.get("kind", "unet") != kind or kind not in meta:
+        raise checkpoint.CheckpointError(f"{path}: not a {kind} model file "
+                                         f"(it holds a {meta.get('kind', 'training state')})")
+    cls, config_cls = MODEL_KINDS[kind]
+    config = config_from_dict(config_cls, meta[kind])
+    graphdef, template = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
+    state, _ = checkpoint.load_checkpoint(path, template)
+    return nnx.merge(graphdef, state), meta
 
 
 def schedule_of(meta: dict) -> schedules.Schedule:

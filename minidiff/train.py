@@ -162,19 +162,18 @@ class Trainer:
         return {"train": dataclasses.asdict(self.cfg), "unet": dataclasses.asdict(self.unet_cfg),
                 "step": self.step, "elapsed": self.elapsed}
 
+    def save(self) -> None:
+        """Full state to ckpt.npz and the EMA weights to model.npz, each atomically."""
+        meta = self._metadata()
+        checkpoint.save_checkpoint(self.ckpt_path, self.state, dict(meta, kind="train_state"))
+        pipeline.save_model(self.run_dir / "model.npz", self.ema_model(), meta)
+
     def _check_same_run(self, meta: dict) -> None:
         saved = {k: v for k, v in meta["train"].items() if k != "steps"}
         wanted = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "steps"}
         if saved != wanted or meta["unet"] != json.loads(json.dumps(dataclasses.asdict(self.unet_cfg))):
             raise ValueError(f"{self.ckpt_path} was written by a different configuration; "
                              "use another run directory or the same settings (only --steps may change)")
-
-    def save(self) -> None:
-        """Full state to ckpt.npz and the EMA weights to model.npz, each atomically."""
-        meta = self._metadata()
-        checkpoint.save_checkpoint(self.ckpt_path, self.state, meta)
-        model = nnx.merge(self.graphdef, self.state["ema"])
-        pipeline.save_model(self.run_dir / "model.npz", model, meta)
 
     def ema_model(self):
         return nnx.merge(self.graphdef, jax.device_get(self.state["ema"]))
@@ -212,9 +211,10 @@ class Trainer:
                     f"The last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
                     else f"loss became non-finite at step {bad}; training stopped before any checkpoint")
             now = time.perf_counter()
-            self.elapsed += now - since
+            self.elapsed += now - since  # wall time, checkpoints and sample grids included
             record = {"step": done, "loss": float(losses.mean()), "elapsed": round(self.elapsed, 2),
                       "images_per_s": round(len(losses) * cfg.batch_size / (now - since), 1)}
+            since = now
             records.append(record)
             with open(self.run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -225,7 +225,6 @@ class Trainer:
                 self.save()
             if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
                 self.sample_grid(self.run_dir / f"samples_{done:06d}.png")
-            since = time.perf_counter()
         bar.close()
         return records
 

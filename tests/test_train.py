@@ -17,7 +17,8 @@ RUNNER = """
 import json, sys
 import numpy as np
 from minidiff import pipeline, train
-tiny = pipeline.unet_config_from_dict(json.loads(sys.argv[3]))
+from minidiff.unet import UNetConfig
+tiny = pipeline.config_from_dict(UNetConfig, json.loads(sys.argv[3]))
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8)
 labels = rng.integers(0, 10, 256)

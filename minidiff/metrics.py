@@ -1,0 +1,83 @@
+"""Sample-quality and reconstruction metrics.
+
+- accuracy: how often the clean evaluation classifier labels class-conditional samples as
+  the class they were asked for.
+- classifier FID: the Frechet distance (Heusel et al. 2017, Eq. 6 of "GANs Trained by a Two
+  Time-Scale Update Rule") between Gaussians fitted to the evaluation classifier's penultimate
+  features of two image sets. It has the form of FID but NOT its numbers: FID uses Inception-v3
+  features of 299x299 ImageNet-style images; ours come from a small MNIST/Fashion-MNIST CNN, so
+  values are comparable only with each other, never with published FIDs.
+- diversity: mean pairwise feature distance within a class (guidance trades this away).
+- PSNR / MSE for reconstructions, for images in [-1, 1] (data range 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose arg-max logit equals the label."""
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels)))
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (F,) and covariance (F, F) of features (N, F), in float64."""
+    f = np.asarray(features, np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (N >= 2, F), got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (by eigh)."""
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between N(mu1, S1) and N(mu2, S2).
+
+    tr((S1 S2)^(1/2)) is computed stably as tr((S1^(1/2) S2 S1^(1/2))^(1/2)): the matrix inside
+    is symmetric PSD, so both roots come from eigh, with no complex round-off as in
+    scipy.linalg.sqrtm(S1 @ S2).
+    """
+    root1 = _sqrtm_psd(np.asarray(sigma1, np.float64))
+    inner = root1 @ np.asarray(sigma2, np.float64) @ root1
+    trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)))
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+
+
+def feature_fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Frechet distance between the Gaussians fitted to two feature sets."""
+    return frechet_distance(*gaussian_stats(features_a), *gaussian_stats(features_b))
+
+
+def diversity(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean pairwise Euclidean feature distance between samples of the same label, averaged
+    over labels (0 when every sample of a class is identical)."""
+    f, labels = np.asarray(features, np.float64), np.asarray(labels)
+    per_class = []
+    for c in np.unique(labels):
+        g = f[labels == c]
+        if len(g) < 2:
+            continue
+        d = np.sqrt(np.maximum(((g[:, None] - g[None]) ** 2).sum(-1), 0.0))  # (n, n)
+        per_class.append(d.sum() / (len(g) * (len(g) - 1)))
+    return float(np.mean(per_class))
+
+
+def mse(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-image mean squared error, (N, ...) -> (N,)."""
+    d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
+    return np.mean(d.reshape(d.shape[0], -1) ** 2, axis=1)
+
+
+def psnr(x: np.ndarray, y: np.ndarray, data_range: float = 2.0) -> np.ndarray:
+    """Per-image peak signal-to-noise ratio in dB: 10 log10(range^2 / MSE), (N,).
+
+    data_range = 2 for images in [-1, 1]. Identical images give +inf.
+    """
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(data_range**2 / mse(x, y))
