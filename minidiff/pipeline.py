@@ -27,11 +27,13 @@ DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "mnist.npz"
 
 
 @functools.lru_cache(maxsize=None)
-def _apply(graphdef):
-    """One function per network structure, so jit caches by structure, not by weights."""
+def _apply(graphdef, with_embedding: bool = False):
+    """One function per network structure, so jit caches by structure, not by weights.
+    The conditioning c is a label (B,) or, with_embedding, a class-embedding vector (B, D)."""
 
-    def apply(params, x_t, t, y):
-        return nnx.merge(graphdef, params)(x_t, t, y)
+    def apply(params, x_t, t, c):
+        model = nnx.merge(graphdef, params)
+        return model(x_t, t, class_emb=c) if with_embedding else model(x_t, t, c)
 
     return apply
 
@@ -40,6 +42,13 @@ def unet_eps_fn(model: UNet):
     """eps_fn(x_t, t, y) running the model, with its weights as traced arguments."""
     graphdef, params = nnx.split(model)
     return Partial(_apply(graphdef), params)
+
+
+def unet_embedding_fns(model: UNet):
+    """(emb_eps_fn(x_t, t, emb), class table (num_classes + 1, D)) for null-class inversion:
+    the U-Net called with class-embedding vectors instead of labels."""
+    graphdef, params = nnx.split(model)
+    return Partial(_apply(graphdef, True), params), model.class_table.embedding[...]
 
 
 def build_model(config: UNetConfig, seed: int = 0) -> UNet:
