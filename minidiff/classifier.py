@@ -30,7 +30,7 @@ from minidiff.unet import Conv3x3, GroupNorm, ResBlock, timestep_embedding
 class ClassifierConfig:
     image_size: int = 28  # input height = width
     in_channels: int = 1  # image channels
-    channels: tuple[int, ...] = (32, 64, 64)  # width per level; the last is the feature size
+    channels: tuple[int, ...] = (16, 32, 64)  # convolution width per level, full resolution first
     num_classes: int = 10  # output classes
     noised: bool = False  # True: time-conditioned p(y | x_t, t) for guidance; False: clean
     feature_dim: int = 128  # width of the penultimate layer (the features classifier FID uses)

@@ -1,4 +1,4 @@
-"""Command line: python -m minidiff {train,sample} ... (each with --help).
+"""Command line: python -m minidiff {train,sample,train-classifier,bench} ... (each with --help).
 
 The CLI only maps flags to config fields and calls library functions.
 """
@@ -153,10 +153,34 @@ def run_classifier(args) -> None:
     print(f"{out}: held-out accuracy {acc} ({len(held_labels)} images), trained in {minutes:.1f} min")
 
 
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure U-Net, sampler and training speed on this machine",
+                       description="Forward images/s, DDIM-50 sampling overhead, train-step time, "
+                       "XLA FLOP counts and the same run's float32 matmul peak (medians after warm-up).")
+    p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=None,
+                   help="U-Net widths (default: the MNIST preset)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run_bench(args) -> None:
+    import json
+
+    from minidiff import bench
+    from minidiff.unet import UNetConfig
+
+    config = UNetConfig.mnist()
+    if args.channels:
+        config = dataclasses.replace(config, channels=args.channels)
+    result = bench.run_bench(config, repeats=args.repeats)
+    print(json.dumps(result, indent=2) if args.json else bench.format_report(result))
+
+
 COMMANDS = {
     "train": (add_train_parser, run_train),
     "sample": (add_sample_parser, run_sample),
     "train-classifier": (add_classifier_parser, run_classifier),
+    "bench": (add_bench_parser, run_bench),
 }
 
 
