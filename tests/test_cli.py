@@ -49,6 +49,15 @@ def test_sample_writes_a_png_and_an_npz(tiny_model, tmp_path):
         assert f["images"].shape == (6, 28, 28, 1) and f["labels"].tolist() == [1, 1, 1, 7, 7, 7]
 
 
+def test_sample_without_ckpt_uses_the_released_mnist_model(tmp_path):
+    out = minidiff("sample", "--labels", "7", "--per-label", 2, "--steps", 5, "--out", tmp_path / "s.npz")
+    assert out.returncode == 0, out.stderr
+    with np.load(tmp_path / "s.npz") as f:
+        images = f["images"]
+    assert images.shape == (2, 28, 28, 1)
+    assert 0.05 < float((images > 0).mean()) < 0.5  # a trained model draws strokes on black
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
