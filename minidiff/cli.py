@@ -1,4 +1,4 @@
-"""Command line: python -m minidiff {train,sample,train-classifier,bench} ... (each with --help).
+"""Command line: python -m minidiff {train,sample,train-classifier,bench,invert,edit} ... (each with --help).
 
 The CLI only maps flags to config fields and calls library functions.
 """
@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from minidiff import checkpoint, data
+from minidiff import data
 
 
 def parse_labels(text: str) -> list[int]:
@@ -24,6 +25,13 @@ def parse_labels(text: str) -> list[int]:
         return [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"labels must look like '0..9' or '1,4,7', got {text!r}")
+
+
+def check_labels(labels: list[int], num_classes: int, what: str) -> list[int]:
+    bad = [v for v in labels if not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(f"{what} {bad} out of range: this model knows classes 0..{num_classes - 1}")
+    return labels
 
 
 def add_train_parser(sub) -> None:
@@ -98,10 +106,7 @@ def run_sample(args) -> None:
     model, meta = pipeline.load_model(args.ckpt)
     num_classes = model.config.num_classes
     wanted = list(range(num_classes)) if args.labels is None else args.labels
-    bad = [v for v in wanted if not 0 <= v < num_classes]
-    if bad:
-        raise ValueError(f"label(s) {bad} out of range: this model knows classes 0..{num_classes - 1}")
-    labels = np.repeat(np.asarray(wanted, np.int32), args.per_label)
+    labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
     images = pipeline.generate(model, pipeline.schedule_of(meta), labels, jax.random.PRNGKey(args.seed),
                                sampler=args.sampler, steps=args.steps, eta=args.eta,
                                guidance_scale=args.guidance, spacing=args.spacing, clip_x0=args.clip_x0)
@@ -153,6 +158,84 @@ def run_classifier(args) -> None:
     print(f"{out}: held-out accuracy {acc} ({len(held_labels)} images), trained in {minutes:.1f} min")
 
 
+def parse_index(text: str) -> slice:
+    """'0:100' -> slice(0, 100); '7' -> slice(7, 8)."""
+    try:
+        if ":" in text:
+            lo, hi = text.split(":")
+            return slice(int(lo or 0), int(hi))
+        return slice(int(text), int(text) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"index must look like '0:100' or '7', got {text!r}")
+
+
+def add_inversion_parser(sub, name: str) -> None:
+    editing = name == "edit"
+    p = sub.add_parser(name, help=("change the label of real images" if editing else
+                                   "invert real images to noise and reconstruct them"),
+                       description="Invert real digits (held-out data set images, or a PNG) with "
+                       "DDIM inversion or null-class inversion at a guidance scale, then "
+                       + ("sample them again with another label." if editing else "reconstruct them."))
+    p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
+    p.add_argument("--image", type=Path, default=None, help="a PNG to invert (any size; grey or colour)")
+    p.add_argument("--label", type=int, default=None, help="the class of --image")
+    p.add_argument("--dataset", choices=data.DATASETS, default="mnist",
+                   help="data set whose held-out images --index selects (default mnist)")
+    p.add_argument("--index", type=parse_index, default=slice(0, 8), help="held-out images, e.g. 0:100")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--method", choices=("ddim", "null"), default="null",
+                   help="plain DDIM inversion or null-class inversion (default)")
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale w")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    if editing:
+        p.add_argument("--to", type=int, required=True, help="the new label")
+        p.add_argument("--keep-source-steps", type=int, default=0,
+                       help="sampling steps that keep the source label before switching")
+    p.add_argument("--out", type=Path, default=Path(f"{name}.png"),
+                   help=".png: source / reconstruction" + (" / edit" if editing else "") +
+                   " rows; .npz: the arrays, labels and per-image PSNR")
+
+
+def run_inversion(args) -> None:
+    from minidiff import metrics, pipeline, plotting
+
+    if args.out.suffix not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png or .npz, got {args.out}")
+    model, meta = pipeline.load_model(args.ckpt)
+    cfg = model.config
+    target = check_labels([args.to], cfg.num_classes, "--to")[0] if args.command == "edit" else None
+    if args.image is not None:
+        if args.label is None:
+            raise ValueError("--image needs --label (the class of the picture)")
+        labels = np.array(check_labels([args.label], cfg.num_classes, "--label"), np.int32)
+        images = data.load_image(args.image, cfg.image_size)[None]
+    else:
+        _, (images, labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
+        images, labels = images[args.index], labels[args.index]
+        if len(images) == 0:
+            raise ValueError(f"--index selects no images (the held-out set has {len(labels)})")
+    if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.in_channels):
+        raise ValueError(f"images of shape {images.shape[1:]} do not match the checkpoint's "
+                         f"{cfg.image_size}x{cfg.image_size}x{cfg.in_channels}")
+    targets = None if target is None else np.full(len(labels), target, np.int32)
+    x0 = data.to_model_range(images)
+    result = pipeline.invert_and_edit(
+        model, pipeline.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
+        steps=args.steps, targets=targets, keep_source_steps=getattr(args, "keep_source_steps", 0))
+    psnr = metrics.psnr(x0, result["reconstructions"])
+    summary = f"{len(labels)} image(s), {args.method} inversion, w={args.guidance}: mean PSNR {psnr.mean():.2f} dB"
+    if args.out.suffix == ".npz":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.out, sources=x0, labels=labels, psnr=psnr,
+                 **({"targets": targets} if targets is not None else {}), **result)
+    else:
+        rows = [x0, result["reconstructions"]] + ([result["edits"]] if targets is not None else [])
+        plotting.save_grid(args.out, np.concatenate(rows), len(labels),
+                           row_labels=["source", "recon."] + (["edit"] if targets is not None else []),
+                           title=summary)
+    print(f"{summary}; wrote {args.out}")
+
+
 def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure U-Net, sampler and training speed on this machine",
                        description="Forward images/s, DDIM-50 sampling overhead, train-step time, "
@@ -181,6 +264,8 @@ COMMANDS = {
     "sample": (add_sample_parser, run_sample),
     "train-classifier": (add_classifier_parser, run_classifier),
     "bench": (add_bench_parser, run_bench),
+    "invert": (partial(add_inversion_parser, name="invert"), run_inversion),
+    "edit": (partial(add_inversion_parser, name="edit"), run_inversion),
 }
 
 
@@ -192,7 +277,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as err:
+    except (ValueError, FileNotFoundError) as err:  # incl. CheckpointError and DatasetError
         print(f"minidiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

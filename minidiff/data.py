@@ -355,3 +355,33 @@ def load_train_and_heldout(name, data_dir=None, download=True, heldout=1000, ver
                       f"Reason: {error}", stacklevel=2)
         train = (test_images[:-heldout], test_labels[:-heldout])
     return train, held
+
+
+def load_image(path, size: int) -> np.ndarray:
+    """A picture file (PNG) as one grey digit-style image (size, size, 1) uint8.
+
+    Colour is averaged to grey, the picture is resized (bilinear) to size x size, and a
+    light background (mean above mid-grey) is inverted so strokes are light on dark, as in
+    MNIST. Raises DatasetError naming the file if it cannot be read as an image.
+    """
+    import matplotlib.image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        picture = np.asarray(matplotlib.image.imread(path), np.float32)
+    except Exception as err:  # PIL raises several types for non-images
+        raise DatasetError(f"{path}: cannot read as an image ({err})") from err
+    if picture.ndim == 3:
+        picture = picture[..., :3].mean(axis=-1)  # drop alpha, average RGB to grey
+    if picture.ndim != 2 or min(picture.shape) < 2:
+        raise DatasetError(f"{path}: expected a 2-D picture, got an array of shape {picture.shape}")
+    if picture.max() > 1.0:  # 8-bit values rather than [0, 1] floats
+        picture = picture / 255.0
+    import jax.image
+
+    grey = np.asarray(jax.image.resize(picture, (size, size), "bilinear"))
+    if grey.mean() > 0.5:
+        grey = 1.0 - grey
+    return np.clip(np.round(grey * 255), 0, 255).astype(np.uint8)[..., None]

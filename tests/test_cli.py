@@ -72,3 +72,53 @@ def test_bad_arguments_give_clear_errors(args, message, tiny_model):
     out = minidiff(*[a.format(model=tiny_model) for a in args])
     assert out.returncode == 2
     assert __import__("re").search(message, out.stderr), out.stderr
+
+
+def test_invert_and_edit_held_out_digits(tmp_path):
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    out = minidiff("invert", "--data-dir", data_dir(), "--index", "0:2", "--method", "ddim", "--steps", 4,
+                   "--out", tmp_path / "inv.npz")
+    assert out.returncode == 0, out.stderr
+    with np.load(tmp_path / "inv.npz") as f:
+        assert f["sources"].shape == f["reconstructions"].shape == (2, 28, 28, 1)
+        # 4 DDIM steps at w = 7.5 reconstruct poorly (~8-10 dB), but far better than noise (~0 dB).
+        assert f["psnr"].shape == (2,) and np.all(f["psnr"] > 5)
+    out = minidiff("edit", "--data-dir", data_dir(), "--index", "3", "--to", 8, "--steps", 4,
+                   "--out", tmp_path / "edit.png")
+    assert out.returncode == 0, out.stderr
+    assert "null inversion" in out.stdout and (tmp_path / "edit.png").stat().st_size > 1000
+
+
+def test_invert_reads_a_drawn_png_of_any_size(tmp_path):
+    import matplotlib.pyplot as plt
+
+    picture = np.ones((90, 70))  # black strokes on white paper, not 28x28
+    picture[20:70, 30:40] = 0.0
+    plt.imsave(tmp_path / "one.png", picture, cmap="gray")
+    out = minidiff("invert", "--image", tmp_path / "one.png", "--label", 1, "--method", "ddim",
+                   "--steps", 3, "--out", tmp_path / "one.npz")
+    assert out.returncode == 0, out.stderr
+    with np.load(tmp_path / "one.npz") as f:
+        source = f["sources"][0, ..., 0]
+    assert source.shape == (28, 28) and source[14, 14] > 0.5 and source[2, 2] < -0.5  # inverted to light-on-dark
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["invert", "--image", "README.md", "--label", "1"], "cannot read as an image"),
+        (["invert", "--image", "missing.png", "--label", "1"], "image not found"),
+        (["invert", "--image", "{thin}", "--label", "1"], "expected a 2-D picture"),
+        (["invert", "--image", "{thin}"], "--image needs --label"),
+        (["edit", "--to", "11"], r"--to \[11\] out of range"),
+        (["invert", "--image", "{thin}", "--label", "-1"], r"--label \[-1\] out of range"),
+    ],
+)
+def test_bad_inversion_input_gives_clear_errors(args, message, tmp_path):
+    import matplotlib.pyplot as plt
+
+    plt.imsave(tmp_path / "thin.png", np.zeros((1, 40)), cmap="gray")
+    out = minidiff(*[a.format(thin=tmp_path / "thin.png") for a in args])
+    assert out.returncode == 2, out.stderr
+    assert __import__("re").search(message, out.stderr), out.stderr
