@@ -115,7 +115,8 @@ def run_sample(args) -> None:
         np.savez(args.out, images=np.asarray(images), labels=labels)
     else:
         name = args.sampler.upper() + (f"-{args.steps}, eta={args.eta}" if args.sampler == "ddim" else "")
-        plotting.save_grid(args.out, images, args.per_label, row_labels=wanted,
+        names = data.CLASS_NAMES.get(meta.get("train", {}).get("dataset"), range(num_classes))
+        plotting.save_grid(args.out, images, args.per_label, row_labels=[names[v] for v in wanted],
                            title=f"{name}, w={args.guidance}")
     print(f"wrote {len(labels)} samples to {args.out}")
 
