@@ -13,7 +13,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from minidiff import pipeline, samplers, schedules, train
 from minidiff.unet import UNetConfig, count_params

@@ -230,5 +230,5 @@ class Trainer:
 
 
 def describe(unet_cfg: UNetConfig) -> str:
-    model = pipeline.build_model(unet_cfg)
+    model = nnx.eval_shape(lambda: pipeline.build_model(unet_cfg))  # shapes only, no init work
     return f"U-Net {unet_cfg.channels}, {count_params(model):,} parameters, {jax.device_count()} device(s)"

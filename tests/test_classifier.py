@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import classifier, data, guidance, pipeline, schedules
+from minidiff import classifier, data, guidance, pipeline
 from tests.helpers import data_dir
 
 TINY = dict(channels=(8, 16, 16), emb_dim=16, num_groups=4, feature_dim=32)

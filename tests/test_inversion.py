@@ -2,7 +2,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from minidiff import inversion, metrics, pipeline, samplers, schedules
 from tests.helpers import TINY_UNET
