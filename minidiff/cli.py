@@ -47,7 +47,8 @@ def add_train_parser(sub) -> None:
     from minidiff.train import TrainConfig
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip",
-                 "ema_decay", "p_uncond", "seed", "log_every", "ckpt_every", "sample_every"):
+                 "ema_decay", "p_uncond", "seed", "log_every", "ckpt_every", "sample_every",
+                 "snapshot_every"):
         value = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
                        help=f"(default {value})")

@@ -52,6 +52,7 @@ class TrainConfig:
     log_every: int = 25  # steps between loss checks / progress updates (one host sync each)
     ckpt_every: int = 100  # steps between checkpoints
     sample_every: int = 500  # steps between sample grids (0: never)
+    snapshot_every: int = 0  # steps between kept EMA snapshots snapshots/model_<step>.npz (0: never)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -60,6 +61,10 @@ class TrainConfig:
             raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+# Fields that change what a run writes or how long it goes, not the parameters it computes.
+BOOKKEEPING = ("steps", "log_every", "ckpt_every", "sample_every", "snapshot_every")
 
 
 class TrainingDiverged(RuntimeError):
@@ -169,11 +174,11 @@ class Trainer:
         pipeline.save_model(self.run_dir / "model.npz", self.ema_model(), meta)
 
     def _check_same_run(self, meta: dict) -> None:
-        saved = {k: v for k, v in meta["train"].items() if k != "steps"}
-        wanted = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "steps"}
+        saved = {k: v for k, v in meta["train"].items() if k not in BOOKKEEPING}
+        wanted = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in BOOKKEEPING}
         if saved != wanted or meta["unet"] != json.loads(json.dumps(dataclasses.asdict(self.unet_cfg))):
             raise ValueError(f"{self.ckpt_path} was written by a different configuration; "
-                             "use another run directory or the same settings (only --steps may change)")
+                             f"use another run directory or the same settings (only {', '.join(BOOKKEEPING)} may change)")
 
     def ema_model(self):
         return nnx.merge(self.graphdef, jax.device_get(self.state["ema"]))
@@ -201,7 +206,10 @@ class Trainer:
                 graphdef=self.graphdef, cfg=cfg, null_class=self.unet_cfg.num_classes)
             pending.append(loss)
             done = step + 1
-            if done % cfg.log_every and done % cfg.ckpt_every and done != cfg.steps:
+            save_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
+            snapshot = cfg.snapshot_every and done % cfg.snapshot_every == 0
+            grid = cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps)
+            if done % cfg.log_every and not (save_ckpt or snapshot or grid):
                 continue
             losses = np.asarray(jax.device_get(pending))  # the one host sync per log interval
             if not np.all(np.isfinite(losses)):
@@ -221,9 +229,12 @@ class Trainer:
             bar.update(len(losses))
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=record["images_per_s"])
             pending = []
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            if save_ckpt:
                 self.save()
-            if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            if snapshot:
+                pipeline.save_model(self.run_dir / "snapshots" / f"model_{done:06d}.npz",
+                                    self.ema_model(), self._metadata())
+            if grid:
                 self.sample_grid(self.run_dir / f"samples_{done:06d}.png")
         bar.close()
         return records

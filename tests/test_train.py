@@ -8,8 +8,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from minidiff import checkpoint, data, train
+from minidiff import checkpoint, data, pipeline, train
 from tests.helpers import REPO, TINY_UNET, data_dir
 
 # A training run in a child process, on fixed random images, so it can be killed and resumed.
@@ -126,3 +127,17 @@ def test_resuming_with_other_settings_is_refused(tmp_path, mnist_subset):
         tiny_trainer(tmp_path, *mnist_subset, steps=4, lr=1e-4)
     with pytest.raises(ValueError, match="do not fit the U-Net"):
         tiny_trainer(tmp_path / "b", np.zeros((64, 32, 32, 3), np.uint8), np.zeros(64), steps=2)
+
+
+def test_snapshots_keep_the_ema_weights_of_their_step(tmp_path, mnist_subset):
+    tiny_trainer(tmp_path, *mnist_subset, steps=4, snapshot_every=2).run(progress=False)
+    snaps = sorted((tmp_path / "snapshots").glob("model_*.npz"))
+    assert [p.name for p in snaps] == ["model_000002.npz", "model_000004.npz"]
+    (_, first), (last_model, last) = (pipeline.load_model(p) for p in snaps)
+    assert (first["step"], last["step"]) == (2, 4) and 0 < first["elapsed"] <= last["elapsed"]
+    final, _ = pipeline.load_model(tmp_path / "model.npz")
+    for a, b in zip(jax.tree.leaves(nnx.state(last_model)), jax.tree.leaves(nnx.state(final))):
+        np.testing.assert_array_equal(a, b)
+    # bookkeeping settings may change on resume; the run goes on
+    tiny_trainer(tmp_path, *mnist_subset, steps=6, snapshot_every=3).run(progress=False)
+    assert (tmp_path / "snapshots" / "model_000006.npz").exists()
