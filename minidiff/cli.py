@@ -1,4 +1,4 @@
-"""Command line: python -m minidiff {train,sample,train-classifier,bench,invert,edit} ... (each with --help).
+"""Command line: python -m minidiff {train,sample,eval,train-classifier,bench,invert,edit} ... (each with --help).
 
 The CLI only maps flags to config fields and calls library functions.
 """
@@ -83,16 +83,45 @@ def add_sample_parser(sub) -> None:
                        "Without --ckpt, uses the released MNIST model.")
     p.add_argument("--ckpt", type=Path, default=None, help="model file (default: data/checkpoints/mnist.npz)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always uses all T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading")
-    p.add_argument("--guidance", type=float, default=3.0, help="CFG scale w (1: conditional, 0: unconditional)")
+    add_sampling_arguments(p)
     p.add_argument("--labels", type=parse_labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes)")
     p.add_argument("--per-label", type=int, default=10, help="samples per label (one grid row each)")
     p.add_argument("--clip-x0", action="store_true", help="clip predicted x0 to [-1, 1] at each step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help=".png for a picture grid, .npz for the raw images in [-1, 1] and labels")
+
+
+def add_sampling_arguments(p) -> None:
+    """Sampler and guidance options shared by `sample` and `eval`."""
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: DDIM 50, DDPM all T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--variance", choices=("beta_tilde", "beta"), default="beta_tilde",
+                   help="DDPM step variance; 'beta' with --steps is the DDIM paper's sigma-hat sampler")
+    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading")
+    p.add_argument("--guidance", type=float, default=3.0,
+                   help="CFG scale w (1: conditional, 0: unconditional); with --classifier, the "
+                        "classifier-guidance scale on the unconditional model")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="noised classifier file: use classifier guidance instead of CFG")
+
+
+def sampling_kwargs(args) -> dict:
+    """generate() keyword arguments from the options of add_sampling_arguments."""
+    from minidiff import pipeline
+
+    clf = None if args.classifier is None else pipeline.load_model(args.classifier, kind="classifier")[0]
+    return {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "variance": args.variance,
+            "guidance_scale": args.guidance, "spacing": args.spacing, "classifier": clf}
+
+
+def sampling_title(args) -> str:
+    """A short description such as 'DDIM-50, eta=0.0, CFG w=3.0' for plot titles."""
+    steps = args.steps or (50 if args.sampler == "ddim" else "all")
+    name = f"{args.sampler.upper()}-{steps}" + (f", eta={args.eta}" if args.sampler == "ddim" else "")
+    if args.sampler == "ddpm" and args.variance == "beta":
+        name += " (sigma-hat)"
+    return name + (f", classifier scale {args.guidance}" if args.classifier else f", CFG w={args.guidance}")
 
 
 def run_sample(args) -> None:
@@ -109,17 +138,62 @@ def run_sample(args) -> None:
     wanted = list(range(num_classes)) if args.labels is None else args.labels
     labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
     images = pipeline.generate(model, pipeline.schedule_of(meta), labels, jax.random.PRNGKey(args.seed),
-                               sampler=args.sampler, steps=args.steps, eta=args.eta,
-                               guidance_scale=args.guidance, spacing=args.spacing, clip_x0=args.clip_x0)
+                               clip_x0=args.clip_x0, **sampling_kwargs(args))
     if args.out.suffix == ".npz":
         args.out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.out, images=np.asarray(images), labels=labels)
     else:
-        name = args.sampler.upper() + (f"-{args.steps}, eta={args.eta}" if args.sampler == "ddim" else "")
         names = data.CLASS_NAMES.get(meta.get("train", {}).get("dataset"), range(num_classes))
         plotting.save_grid(args.out, images, args.per_label, row_labels=[names[v] for v in wanted],
-                           title=f"{name}, w={args.guidance}")
+                           title=sampling_title(args))
     print(f"wrote {len(labels)} samples to {args.out}")
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="score a model's samples with the evaluation classifier",
+                       description="Draw --per-label samples of every class and report, as JSON, how "
+                       "often the clean evaluation classifier agrees with the label, the classifier "
+                       "FID against the held-out real images (NOT comparable to Inception FID) and "
+                       "the within-class feature diversity.")
+    p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
+    p.add_argument("--judge", type=Path, default=None,
+                   help="clean evaluation classifier (default data/checkpoints/DATASET_classifier.npz)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    add_sampling_arguments(p)
+    p.add_argument("--per-label", type=int, default=20, help="samples per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set (FID reference)")
+    p.add_argument("--grid", type=Path, default=None, help="also save the samples as a PNG grid")
+    p.add_argument("--out", type=Path, default=None, help="also write the result to this .json file")
+
+
+def run_eval(args) -> None:
+    import json
+
+    from minidiff import evaluation, pipeline, plotting
+
+    model, meta = pipeline.load_model(args.ckpt)
+    dataset = meta.get("train", {}).get("dataset", "mnist")
+    judge_path = args.judge or pipeline.CHECKPOINT_DIR / f"{dataset}_classifier.npz"
+    judge, _ = pipeline.load_model(judge_path, kind="classifier")
+    if judge.config.noised:
+        raise ValueError(f"{judge_path} is a noised classifier; --judge needs a clean evaluation classifier")
+    _, (held_images, _) = data.load_train_and_heldout(dataset, args.data_dir)
+    s = pipeline.schedule_of(meta)
+    images, labels, seconds = evaluation.draw_samples(model, s, args.per_label, seed=args.seed,
+                                                      progress=True, **sampling_kwargs(args))
+    result = evaluation.score_samples(judge, images, labels,
+                                      evaluation.reference_features(judge, data.to_model_range(held_images)))
+    result.update(sampler=sampling_title(args), sampling_seconds=round(seconds, 1),
+                  checkpoint=str(args.ckpt or pipeline.DEFAULT_CHECKPOINT), judge=str(judge_path))
+    if args.grid:
+        names = data.CLASS_NAMES.get(dataset, range(model.config.num_classes))
+        plotting.save_grid(args.grid, images, args.per_label, row_labels=list(names),
+                           title=f"{sampling_title(args)}: accuracy {result['accuracy']:.1%}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 def add_classifier_parser(sub) -> None:
@@ -264,6 +338,7 @@ def run_bench(args) -> None:
 COMMANDS = {
     "train": (add_train_parser, run_train),
     "sample": (add_sample_parser, run_sample),
+    "eval": (add_eval_parser, run_eval),
     "train-classifier": (add_classifier_parser, run_classifier),
     "bench": (add_bench_parser, run_bench),
     "invert": (partial(add_inversion_parser, name="invert"), run_inversion),

@@ -11,34 +11,47 @@ import time
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from minidiff import classifier, metrics, pipeline
 
 
-def evaluate_samples(model, s, judge, *, per_label: int = 20, guidance_scale: float = 3.0,
-                     steps: int = 50, eta: float = 0.0, sampler: str = "ddim", seed: int = 0,
-                     reference_images=None, batch_size: int = 250) -> dict:
-    """Sample per_label images of every class and score them with the classifier judge.
-
-    reference_images (N, H, W, C) in [-1, 1], when given, adds the classifier FID of the
-    samples against them. Returns a dict of plain numbers (JSON-ready).
-    """
+def draw_samples(model, s, per_label: int, *, seed: int = 0, batch_size: int = 250,
+                 progress: bool = False, **sampling):
+    """(images (N, H, W, C), labels (N,), seconds): per_label samples of every class, drawn in
+    batches with pipeline.generate(**sampling). The seed fixes the noise, batch by batch."""
+    if per_label < 1:
+        raise ValueError(f"per_label must be >= 1, got {per_label}")
     labels = pipeline.label_grid(model.config.num_classes, per_label)
-    start = time.perf_counter()
-    images = []
-    for i, chunk in enumerate(np.array_split(labels, max(1, len(labels) // batch_size))):
-        images.append(np.asarray(pipeline.generate(
-            model, s, chunk, jax.random.PRNGKey(seed * 1000 + i), sampler=sampler, steps=steps,
-            eta=eta, guidance_scale=guidance_scale)))
-    images = np.concatenate(images)
-    seconds = time.perf_counter() - start
+    chunks = np.array_split(labels, max(1, -(-len(labels) // batch_size)))
+    start, images = time.perf_counter(), []
+    for i, chunk in enumerate(tqdm(chunks, disable=not progress, desc="sampling", unit="batch")):
+        images.append(np.asarray(pipeline.generate(model, s, chunk, jax.random.PRNGKey(seed * 1000 + i),
+                                                   **sampling)))
+    return np.concatenate(images), labels, time.perf_counter() - start
+
+
+def score_samples(judge, images, labels, reference_features=None) -> dict:
+    """Accuracy and diversity under the judge; classifier FID against reference_features
+    (the judge's features of real images) when given. Plain numbers, JSON-ready."""
     logits, features = classifier.predict(judge, images)
-    result = {
-        "num_samples": int(len(labels)), "guidance": guidance_scale, "sampler": sampler,
-        "steps": steps, "eta": eta, "accuracy": metrics.accuracy(logits, labels),
-        "diversity": metrics.diversity(features, labels), "sampling_seconds": round(seconds, 1),
-    }
-    if reference_images is not None:
-        _, ref_features = classifier.predict(judge, reference_images)
-        result["classifier_fid"] = metrics.feature_fid(features, ref_features)
+    result = {"num_samples": len(labels), "accuracy": metrics.accuracy(logits, labels),
+              "diversity": metrics.diversity(features, labels)}
+    if reference_features is not None:
+        result["classifier_fid"] = metrics.feature_fid(features, reference_features)
     return result
+
+
+def reference_features(judge, images) -> np.ndarray:
+    """The judge's penultimate features of real images in [-1, 1]: the FID reference."""
+    return classifier.predict(judge, images)[1]
+
+
+def evaluate_samples(model, s, judge, *, per_label: int = 20, seed: int = 0, reference_images=None,
+                     batch_size: int = 250, **sampling) -> dict:
+    """Sample per_label images of every class (pipeline.generate options in sampling) and
+    score them; reference_images (N, H, W, C) in [-1, 1] add the classifier FID."""
+    images, labels, seconds = draw_samples(model, s, per_label, seed=seed, batch_size=batch_size, **sampling)
+    ref = None if reference_images is None else reference_features(judge, reference_images)
+    return dict(score_samples(judge, images, labels, ref), sampling_seconds=round(seconds, 1),
+                **{k: v for k, v in sampling.items() if k != "classifier"})

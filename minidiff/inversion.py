@@ -123,6 +123,9 @@ def null_class_inversion(emb_eps_fn, s: Schedule, x0, timesteps, cond_emb, null_
     inner_steps updates, early stop once the loss is below 1e-5 + 2e-5 i. Deviation: with a
     batch, each image stops on its own (its embedding is frozen once below the threshold) and
     the loop ends when all have stopped; the loss is checked before an update, not after.
+    At w = 1 the guided eps is eps_cond alone and does not depend on the null embedding (its
+    gradient is exactly zero), so no optimiser steps are taken: the result is plain DDIM
+    inversion, with the per-step losses still measured.
     """
     emb_eps_fn = as_partial(emb_eps_fn)
     ts = check_timesteps(timesteps, s.num_timesteps)
@@ -135,8 +138,9 @@ def null_class_inversion(emb_eps_fn, s: Schedule, x0, timesteps, cond_emb, null_
     _, pivot = ddim_invert(pivot_fn, s, x0, ts, return_trajectory=True)  # (n + 1, B, ...)
     t, t_prev = step_pairs(ts)
     null_init = jnp.broadcast_to(jnp.asarray(null_emb), cond_emb.shape)
+    no_effect = isinstance(w, (int, float)) and w == 1.0
     embs, losses, used = _optimise(emb_eps_fn, s, pivot, t, t_prev, cond_emb, null_init,
-                                   jnp.float32(w), jnp.float32(lr), inner_steps)
+                                   jnp.float32(w), jnp.float32(lr), 0 if no_effect else inner_steps)
     return NullInversion(pivot[-1], embs, losses, used, pivot)
 
 

@@ -56,7 +56,7 @@ def feature_fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
 
 def diversity(features: np.ndarray, labels: np.ndarray) -> float:
     """Mean pairwise Euclidean feature distance between samples of the same label, averaged
-    over labels (0 when every sample of a class is identical)."""
+    over labels (0 when every sample of a class is identical; NaN when no label has two)."""
     f, labels = np.asarray(features, np.float64), np.asarray(labels)
     per_class = []
     for c in np.unique(labels):
@@ -65,7 +65,7 @@ def diversity(features: np.ndarray, labels: np.ndarray) -> float:
             continue
         d = np.sqrt(np.maximum(((g[:, None] - g[None]) ** 2).sum(-1), 0.0))  # (n, n)
         per_class.append(d.sum() / (len(g) * (len(g) - 1)))
-    return float(np.mean(per_class))
+    return float(np.mean(per_class)) if per_class else float("nan")
 
 
 def mse(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -95,29 +95,58 @@ def schedule_of(meta: dict) -> schedules.Schedule:
     return schedules.make_schedule(train.get("schedule", "linear"), train.get("T", 1000))
 
 
-def generate(
-    model: UNet, s: schedules.Schedule, labels, key, *, sampler: str = "ddim", steps: int = 50,
-    eta: float = 0.0, guidance_scale: float = 3.0, spacing: str = "leading", clip_x0: bool = False,
-):
-    """Class-conditional samples, one per label, with classifier-free guidance.
+def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *, classifier=None,
+                  sampler: str = "ddim"):
+    """The eps_fn that samples are drawn with.
 
-    sampler "ddim" (steps, eta, spacing) or "ddpm" (all T steps). Returns (N, H, W, C) in
-    model range (not clipped: values slightly outside [-1, 1] are possible).
+    Without a classifier: classifier-free guidance at w = guidance_scale (w = 1 is the
+    conditional model alone, run without the unconditional half of the batch; w = 0 the
+    unconditional one). With a noisy classifier: classifier guidance at scale guidance_scale on
+    the unconditional model (Dhariwal & Nichol 2021, Algorithm 2 for DDIM, 1 for DDPM).
+    """
+    eps_fn = unet_eps_fn(model)
+    if classifier is not None:
+        if not classifier.config.noised:
+            raise ValueError("classifier guidance needs a noised (time-conditioned) classifier; "
+                             "this one was trained on clean images only")
+        from minidiff.classifier import log_prob_fn
+
+        guide = guidance.classifier_guidance_ddpm if sampler == "ddpm" else guidance.classifier_guidance
+        return guide(guidance.unconditional(eps_fn, model.null_class), log_prob_fn(classifier), s,
+                     guidance_scale)
+    if guidance_scale == 1.0:
+        return eps_fn
+    return guidance.classifier_free(eps_fn, guidance_scale, model.null_class)
+
+
+def generate(
+    model: UNet, s: schedules.Schedule, labels, key, *, sampler: str = "ddim", steps: int | None = None,
+    eta: float = 0.0, guidance_scale: float = 3.0, spacing: str = "leading", clip_x0: bool = False,
+    variance: str = "beta_tilde", classifier=None,
+):
+    """Class-conditional samples, one per label, with classifier-free guidance at w =
+    guidance_scale, or classifier guidance at that scale when a noised classifier is given.
+
+    sampler "ddim" (steps, default 50; eta; spacing) or "ddpm" (ancestral; all T steps unless
+    steps is given; variance "beta_tilde", or "beta" for the DDIM paper's sigma-hat sampler).
+    Returns (N, H, W, C) in model range (not clipped: values slightly outside [-1, 1] occur).
     """
     labels = jnp.asarray(labels, jnp.int32)
     cfg = model.config
     if labels.ndim != 1 or bool(jnp.any((labels < 0) | (labels > cfg.num_classes))):
         raise ValueError(f"labels must be a 1-D array of ints in 0..{cfg.num_classes} "
                          f"({cfg.num_classes} = unconditional)")
-    eps_fn = guidance.classifier_free(unet_eps_fn(model), guidance_scale, model.null_class)
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
+    eps_fn = guided_eps_fn(model, s, guidance_scale, classifier=classifier, sampler=sampler)
     key_T, key_steps = jax.random.split(key)
     x_T = jax.random.normal(key_T, (labels.shape[0], cfg.image_size, cfg.image_size, cfg.in_channels))
     if sampler == "ddim":
-        ts = samplers.make_timesteps(s.num_timesteps, steps, spacing)
+        ts = samplers.make_timesteps(s.num_timesteps, 50 if steps is None else steps, spacing)
         return samplers.ddim_sample(eps_fn, s, x_T, ts, eta=eta, key=key_steps, y=labels, clip_x0=clip_x0)
-    if sampler == "ddpm":
-        return samplers.ddpm_sample(eps_fn, s, x_T, key_steps, y=labels, clip_x0=clip_x0)
-    raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
+    ts = None if steps is None else samplers.make_timesteps(s.num_timesteps, steps, spacing)
+    return samplers.ddpm_sample(eps_fn, s, x_T, key_steps, y=labels, timesteps=ts, variance=variance,
+                                clip_x0=clip_x0)
 
 
 def label_grid(num_classes: int, per_label: int) -> np.ndarray:

@@ -67,15 +67,31 @@ def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=N
 
 def save_curve(path, xs, ys, xlabel: str, ylabel: str, title: str | None = None, logy: bool = False) -> Path:
     """Save one line plot (e.g. training loss against step) as PNG."""
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-    ax.plot(xs, ys)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
+    return save_panels(path, {ylabel: {None: (xs, ys)}}, xlabel, title=title, logy=logy)
+
+
+def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx: bool = False,
+                logy: bool = False) -> Path:
+    """Side-by-side line plots sharing an x axis, as PNG.
+
+    panels maps each panel's y label to {line label: (xs, ys)}; a line label of None draws
+    an unlabelled line (no legend).
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), dpi=110, squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if any(label is not None for label in lines):
+            ax.legend(fontsize=7)
     if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,80 @@
+"""The experiment entry points on tiny settings: they run, write their JSON and PNGs, and the
+numbers they report have the properties the full runs rely on."""
+
 import json
 
 import pytest
+from flax import nnx
 
-from minidiff import experiments
-from tests.helpers import data_dir
+from minidiff import classifier, data, experiments, train
+from minidiff.experiments.__main__ import main
+from tests.helpers import TINY_UNET, data_dir
 
 
-def test_inversion_experiment_on_tiny_settings(tmp_path):
+@pytest.fixture(scope="module")
+def setup():
     if data_dir() is None:
         pytest.skip("MNIST files not available")
-    result = experiments.inversion_experiment(num=2, guidance=(1.0, 7.5), steps=4, keep_source_steps=1,
-                                              batch=2, data_dir=data_dir(), out_dir=tmp_path)
+    return experiments.load_setup(data_dir=data_dir())
+
+
+def test_inversion_experiment(setup, tmp_path):
+    result = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0, 7.5), steps=4,
+                                              keep_source_steps=1, batch=2)
     rows = {(r["guidance"], r["method"]): r for r in result["rows"]}
     assert set(rows) == {(1.0, "ddim"), (1.0, "null"), (7.5, "ddim"), (7.5, "null")}
     # At w = 1 the null embedding cancels out of the guided eps: both methods agree exactly.
     assert rows[1.0, "null"]["psnr_mean"] == pytest.approx(rows[1.0, "ddim"]["psnr_mean"], abs=1e-4)
+    assert rows[1.0, "null"]["inner_steps_mean"] == 0
     assert rows[7.5, "null"]["psnr_mean"] > rows[7.5, "ddim"]["psnr_mean"]
     assert 0 <= rows[7.5, "null"]["inner_steps_mean"] <= 10
     saved = json.loads((tmp_path / "inversion.json").read_text())
-    assert saved["num_images"] == 2 and (tmp_path / "inversion_null_w7.5.png").exists()
+    assert saved["num_images"] == 2 and "psnr_to_source" in saved["random_target_samples"]
+    assert (tmp_path / "inversion_null_w7.5.png").exists()
+
+
+def test_sampler_table(setup, tmp_path):
+    result = experiments.sampler_table(setup, tmp_path, per_label=2, steps=(2, 4), etas=(0.0, 1.0))
+    assert [(r["steps"], r["eta"]) for r in result["rows"]] == [
+        (2, 0.0), (2, 1.0), (2, "sigma-hat"), (4, 0.0), (4, 1.0), (4, "sigma-hat")]
+    assert all(r["classifier_fid"] > 0 and r["num_samples"] == 20 for r in result["rows"])
+    for name in ("sampler_table.json", "sampler_table.png", "sampler_table_samples.png"):
+        assert (tmp_path / name).exists()
+
+
+def test_reconstruction_error_falls_with_steps(setup, tmp_path):
+    result = experiments.reconstruction_table(setup, tmp_path, num=4, steps=(5, 50))
+    mse = [r["mse"] for r in result["rows"]]
+    assert mse[1] < mse[0], mse
+    assert (tmp_path / "reconstruction.png").exists()
+
+
+def test_guidance_sweeps(setup, tmp_path):
+    noisy = classifier.Classifier(classifier.ClassifierConfig(noised=True), rngs=nnx.Rngs(0))
+    cfg = experiments.guidance_sweep(setup, tmp_path, (0.0, 3.0), per_label=1, steps=4)
+    clf = experiments.guidance_sweep(setup, tmp_path, (0.0, 2.0), per_label=1, steps=4, classifier=noisy)
+    experiments.plot_guidance(tmp_path, [cfg, clf])
+    assert [r["scale"] for r in clf["rows"]] == [0.0, 2.0] and clf["experiment"] == "classifier_guidance"
+    # Scale 0 is the unconditional model on both paths, from the same noise.
+    assert cfg["rows"][0]["accuracy"] == clf["rows"][0]["accuracy"]
+    for name in ("cfg_w0.png", "cfg_w3.png", "classifier_guidance_w2.png", "guidance.png", "cfg.json"):
+        assert (tmp_path / name).exists()
+
+
+def test_time_to_quality_scores_every_snapshot(setup, tmp_path):
+    images, labels = data.load_split("mnist", "test", data_dir(), download=False)
+    cfg = train.TrainConfig(steps=2, batch_size=16, log_every=1, ckpt_every=2, sample_every=0, snapshot_every=1)
+    train.Trainer(TINY_UNET, cfg, tmp_path / "run", images[:256], labels[:256]).run(progress=False)
+    result = experiments.time_to_quality(setup, tmp_path / "run", tmp_path, scales=(1.0, 3.0), per_label=1,
+                                         target=0.0)
+    assert [r["step"] for r in result["rows"]] == [1, 2]
+    assert result["rows"][0]["minutes"] <= result["rows"][1]["minutes"]
+    assert result["first_reached"]["step"] == 1
+    assert (tmp_path / "time_to_quality.png").exists()
+
+
+def test_command_line_errors_are_clear(tmp_path, capsys):
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    assert main(["time-to-quality", "--run", str(tmp_path), "--data-dir", str(data_dir())]) == 2
+    assert "no snapshots" in capsys.readouterr().err

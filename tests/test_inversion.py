@@ -70,3 +70,14 @@ def test_bad_input(tiny):
         inversion.null_class_inversion(emb_fn, S, x0, TS, table[y], table[10], W, inner_steps=0)
     with pytest.raises(ValueError, match="strictly decreasing"):
         inversion.null_class_inversion(emb_fn, S, x0, TS[::-1], table[y], table[10], W)
+
+
+def test_at_w1_nothing_is_optimised_and_the_result_is_plain_ddim_inversion(tiny):
+    model, emb_fn, table, x0, y = tiny
+    null = table[model.null_class]
+    inv = inversion.null_class_inversion(emb_fn, S, x0, TS, table[y], null, 1.0)
+    assert int(inv.inner_steps.sum()) == 0
+    np.testing.assert_array_equal(inv.null_embeddings, np.broadcast_to(null, inv.null_embeddings.shape))
+    plain = inversion.embedding_cfg_eps_fn(emb_fn, 1.0, table[y], null)
+    rec = samplers.ddim_sample(plain, S, inv.x_T, TS)
+    np.testing.assert_allclose(metrics.mse(rec, x0), inv.losses[-1], rtol=1e-3, atol=1e-7)

@@ -1,0 +1,19 @@
+"""Experiments that turn the library into measured results (JSON + PNG under docs/results/).
+
+    python -m minidiff.experiments sampler-table       # DDIM Table 1: classifier FID, S x eta
+    python -m minidiff.experiments reconstruction      # DDIM Table 2: encode-decode MSE vs S
+    python -m minidiff.experiments guidance            # CFG and classifier guidance sweeps
+    python -m minidiff.experiments inversion           # DDIM vs null-class inversion, edits
+    python -m minidiff.experiments time-to-quality --run runs/mnist   # accuracy vs training time
+
+Each has --help; sample counts are flags, so a GPU run can scale them up.
+"""
+
+from minidiff.experiments.common import Setup, load_setup
+from minidiff.experiments.inversion import inversion_experiment
+from minidiff.experiments.reconstruction import reconstruction_table
+from minidiff.experiments.sampling import guidance_sweep, plot_guidance, sampler_table
+from minidiff.experiments.time_to_quality import time_to_quality
+
+__all__ = ["Setup", "guidance_sweep", "inversion_experiment", "load_setup", "plot_guidance",
+           "reconstruction_table", "sampler_table", "time_to_quality"]

@@ -1,0 +1,91 @@
+"""python -m minidiff.experiments EXPERIMENT [options]: see minidiff/experiments/__init__.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from minidiff import experiments, pipeline
+from minidiff.experiments.common import RESULTS_DIR
+
+
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minidiff.experiments",
+                                     description="Measured results as JSON + PNG (default folder docs/results).")
+    sub = parser.add_subparsers(dest="experiment", required=True)
+
+    def add(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
+        p.add_argument("--judge", type=Path, default=None, help="clean evaluation classifier "
+                       "(default data/checkpoints/DATASET_classifier.npz)")
+        p.add_argument("--data-dir", type=Path, default=None)
+        p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+        return p
+
+    p = add("sampler-table", "DDIM Table 1 analogue: classifier FID over steps x eta, plus sigma-hat")
+    p.add_argument("--per-label", type=int, default=50, help="samples per class for each configuration")
+    p.add_argument("--steps", type=ints, default=(10, 20, 50, 100), help="comma-separated step counts")
+    p.add_argument("--etas", type=floats, default=(0.0, 0.2, 0.5, 1.0))
+    p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the samples (1: conditional)")
+    p = add("reconstruction", "DDIM Table 2 analogue: encode-decode MSE of held-out images vs steps")
+    p.add_argument("--num", type=int, default=64, help="held-out images")
+    p.add_argument("--steps", type=ints, default=(10, 20, 50, 100, 1000))
+    p = add("guidance", "CFG sweep and classifier-guidance sweep: accuracy, classifier FID, diversity")
+    p.add_argument("--per-label", type=int, default=30)
+    p.add_argument("--cfg-scales", type=floats, default=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0))
+    p.add_argument("--classifier-scales", type=floats, default=(0.0, 1.0, 2.0, 5.0, 10.0, 20.0))
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="noised classifier (default data/checkpoints/DATASET_classifier_noisy.npz)")
+    p = add("inversion", "DDIM vs null-class inversion of held-out images, and label-swap edits")
+    p.add_argument("--num", type=int, default=100, help="held-out images")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=floats, default=(1.0, 3.0, 7.5))
+    p.add_argument("--batch", type=int, default=50)
+    p = add("time-to-quality", "accuracy of a run's snapshots against its training wall time")
+    p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
+    p.add_argument("--per-label", type=int, default=10)
+    p.add_argument("--scales", type=floats, default=(1.0, 2.0, 3.0))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        setup = experiments.load_setup(args.ckpt, args.judge, args.data_dir)
+        out = args.out_dir
+        if args.experiment == "sampler-table":
+            experiments.sampler_table(setup, out, per_label=args.per_label, steps=args.steps, etas=args.etas,
+                                      guidance=args.guidance)
+        elif args.experiment == "reconstruction":
+            experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps)
+        elif args.experiment == "guidance":
+            noisy, _ = pipeline.load_model(
+                args.classifier or pipeline.CHECKPOINT_DIR / f"{setup.dataset}_classifier_noisy.npz", kind="classifier")
+            cfg = experiments.guidance_sweep(setup, out, args.cfg_scales, per_label=args.per_label)
+            clf = experiments.guidance_sweep(setup, out, args.classifier_scales, per_label=args.per_label,
+                                             classifier=noisy)
+            experiments.plot_guidance(out, [cfg, clf])
+        elif args.experiment == "inversion":
+            experiments.inversion_experiment(setup, out, num=args.num, guidance=args.guidance, steps=args.steps,
+                                             batch=args.batch)
+        else:
+            experiments.time_to_quality(setup, args.run, out, scales=args.scales, per_label=args.per_label)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"minidiff.experiments {args.experiment}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
