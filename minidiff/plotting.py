@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import matplotlib
 
-matplotlib.use("Agg")  # files only; no display needed
+if "MPLBACKEND" not in os.environ:  # Jupyter kernels set it (inline figures); elsewhere: files only
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -35,6 +38,17 @@ def image_grid(images, ncols: int, pad: int = 2) -> np.ndarray:
 
 def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=None) -> Path:
     """Save images (N, H, W, C) in [-1, 1] as a PNG grid, rows optionally labelled."""
+    fig = grid_figure(images, ncols, scale, row_labels, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=fig.dpi)
+    plt.close(fig)
+    return path
+
+
+def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None):
+    """A matplotlib figure of images (N, H, W, C) in [-1, 1] tiled ncols per row, shown at
+    `scale` screen pixels per image pixel (notebooks display it; save_grid writes it)."""
     grid = image_grid(images, ncols)
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest-neighbour upscaling
     height, width = grid.shape[:2]
@@ -58,11 +72,7 @@ def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=N
         spine.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=9, y=1 - 0.05 * top)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def save_curve(path, xs, ys, xlabel: str, ylabel: str, title: str | None = None, logy: bool = False) -> Path:
