@@ -1,5 +1,6 @@
 """The command line through subprocess, as a user runs it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -72,6 +73,17 @@ def test_bad_arguments_give_clear_errors(args, message, tiny_model):
     out = minidiff(*[a.format(model=tiny_model) for a in args])
     assert out.returncode == 2
     assert __import__("re").search(message, out.stderr), out.stderr
+
+
+def test_eval_reports_accuracy_fid_and_diversity(tiny_model, tmp_path):
+    out = minidiff("eval", "--ckpt", tiny_model, "--per-label", 2, "--steps", 2, "--guidance", 1,
+                   "--data-dir", data_dir(), "--out", tmp_path / "r.json", "--grid", tmp_path / "g.png")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["num_samples"] == 20 and 0 <= result["accuracy"] <= 1
+    assert result["classifier_fid"] > 0 and result["diversity"] > 0 and (tmp_path / "g.png").exists()
+    out = minidiff("eval", "--ckpt", tiny_model, "--judge", "missing.npz", "--data-dir", data_dir())
+    assert out.returncode == 2 and "missing.npz" in out.stderr
 
 
 def test_invert_and_edit_held_out_digits(tmp_path):
