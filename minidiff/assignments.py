@@ -41,7 +41,13 @@ def _grading(cell) -> dict:
 
 def student_source(source: str) -> str:
     """Solution code -> the student's: answers become stubs, hidden tests disappear."""
-    stub = r'\1# YOUR CODE HERE\n\1raise NotImplementedError("replace this line with your answer")'
+
+    def stub(match) -> str:
+        names = re.findall(r"def (\w+)\(", source[: match.start()])
+        where = f"{names[-1]}()" if names else "this cell"
+        indent = match.group(1)
+        return f'{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError("write your answer in {where}")'
+
     return _HIDDEN.sub("", _SOLUTION.sub(stub, source))
 
 
