@@ -41,9 +41,10 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
             result["rows"].append(row)
             log_row(row)
             if method == "null":
+                n = min(10, len(x0))
                 plotting.save_grid(out_dir / f"inversion_null_w{w:g}.png",
-                                   np.concatenate([x0[:10], out["reconstructions"][:10], out["edits"][:10]]),
-                                   10, row_labels=["source", "recon.", "edit +1"],
+                                   np.concatenate([x0[:n], out["reconstructions"][:n], out["edits"][:n]]),
+                                   n, row_labels=["source", "recon.", "edit +1"],
                                    title=f"null-class inversion, w = {w:g}, DDIM-{steps}")
     randoms = np.concatenate([np.asarray(pipeline.generate(model, s, targets[i:i + batch], jax.random.PRNGKey(i),
                                                            steps=steps, guidance_scale=max(guidance)))
