@@ -53,7 +53,7 @@ def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None)
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest-neighbour upscaling
     height, width = grid.shape[:2]
     dpi = 100
-    margin = 0.15 + 0.07 * max(len(str(r)) for r in row_labels) if row_labels is not None else 0.0
+    margin = 0.2 + 0.085 * max(len(str(r)) for r in row_labels) if row_labels is not None else 0.0
     top = 0.35 if title else 0.0
     fig = plt.figure(figsize=(width / dpi + margin, height / dpi + top), dpi=dpi)
     ax = fig.add_axes((margin / (width / dpi + margin), 0, width / dpi / (width / dpi + margin),
