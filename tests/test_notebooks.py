@@ -16,6 +16,8 @@ SOLUTIONS = sorted(assignments.SOLUTIONS_DIR.glob("*.ipynb"))
 def fast_kernel(monkeypatch):
     monkeypatch.setenv("MINIDIFF_FAST", "1")  # the kernels inherit the environment
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    if data_dir() is not None:  # kernels run in notebooks/: a relative path would point elsewhere
+        monkeypatch.setenv("MINIDIFF_DATA_DIR", str(data_dir().resolve()))
 
 
 def test_there_are_five_walkthroughs_and_three_assignments():
