@@ -171,23 +171,17 @@ def run_eval(args) -> None:
     import json
 
     from minidiff import evaluation, pipeline, plotting
+    from minidiff.experiments import load_setup
 
-    model, meta = pipeline.load_model(args.ckpt)
-    dataset = meta.get("train", {}).get("dataset", "mnist")
-    judge_path = args.judge or pipeline.CHECKPOINT_DIR / f"{dataset}_classifier.npz"
-    judge, _ = pipeline.load_model(judge_path, kind="classifier")
-    if judge.config.noised:
-        raise ValueError(f"{judge_path} is a noised classifier; --judge needs a clean evaluation classifier")
-    _, (held_images, _) = data.load_train_and_heldout(dataset, args.data_dir)
-    s = pipeline.schedule_of(meta)
-    images, labels, seconds = evaluation.draw_samples(model, s, args.per_label, seed=args.seed,
+    setup = load_setup(args.ckpt, args.judge, args.data_dir)
+    images, labels, seconds = evaluation.draw_samples(setup.model, setup.schedule, args.per_label, seed=args.seed,
                                                       progress=True, **sampling_kwargs(args))
-    result = evaluation.score_samples(judge, images, labels,
-                                      evaluation.reference_features(judge, data.to_model_range(held_images)))
+    result = evaluation.score_samples(setup.judge, images, labels, setup.reference)
     result.update(sampler=sampling_title(args), sampling_seconds=round(seconds, 1),
-                  checkpoint=str(args.ckpt or pipeline.DEFAULT_CHECKPOINT), judge=str(judge_path))
+                  checkpoint=str(args.ckpt or pipeline.DEFAULT_CHECKPOINT),
+                  judge=str(args.judge or pipeline.CHECKPOINT_DIR / f"{setup.dataset}_classifier.npz"))
     if args.grid:
-        names = data.CLASS_NAMES.get(dataset, range(model.config.num_classes))
+        names = data.CLASS_NAMES.get(setup.dataset, range(setup.model.config.num_classes))
         plotting.save_grid(args.grid, images, args.per_label, row_labels=list(names),
                            title=f"{sampling_title(args)}: accuracy {result['accuracy']:.1%}")
     if args.out:

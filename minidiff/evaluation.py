@@ -46,12 +46,3 @@ def reference_features(judge, images) -> np.ndarray:
     """The judge's penultimate features of real images in [-1, 1]: the FID reference."""
     return classifier.predict(judge, images)[1]
 
-
-def evaluate_samples(model, s, judge, *, per_label: int = 20, seed: int = 0, reference_images=None,
-                     batch_size: int = 250, **sampling) -> dict:
-    """Sample per_label images of every class (pipeline.generate options in sampling) and
-    score them; reference_images (N, H, W, C) in [-1, 1] add the classifier FID."""
-    images, labels, seconds = draw_samples(model, s, per_label, seed=seed, batch_size=batch_size, **sampling)
-    ref = None if reference_images is None else reference_features(judge, reference_images)
-    return dict(score_samples(judge, images, labels, ref), sampling_seconds=round(seconds, 1),
-                **{k: v for k, v in sampling.items() if k != "classifier"})

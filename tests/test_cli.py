@@ -84,6 +84,9 @@ def test_eval_reports_accuracy_fid_and_diversity(tiny_model, tmp_path):
     assert result["classifier_fid"] > 0 and result["diversity"] > 0 and (tmp_path / "g.png").exists()
     out = minidiff("eval", "--ckpt", tiny_model, "--judge", "missing.npz", "--data-dir", data_dir())
     assert out.returncode == 2 and "missing.npz" in out.stderr
+    out = minidiff("eval", "--ckpt", tiny_model, "--judge", REPO / "data/checkpoints/mnist_classifier_noisy.npz",
+                   "--data-dir", data_dir())
+    assert out.returncode == 2 and "noised classifier" in out.stderr, out.stderr
 
 
 def test_invert_and_edit_held_out_digits(tmp_path):

@@ -29,8 +29,10 @@ def load_setup(ckpt=None, judge=None, data_dir=None) -> Setup:
     """The U-Net (default: released MNIST) with its data set's evaluation classifier."""
     model, meta = pipeline.load_model(ckpt)
     dataset = meta.get("train", {}).get("dataset", "mnist")
-    judge_model, _ = pipeline.load_model(judge or pipeline.CHECKPOINT_DIR / f"{dataset}_classifier.npz",
-                                         kind="classifier")
+    judge_path = judge or pipeline.CHECKPOINT_DIR / f"{dataset}_classifier.npz"
+    judge_model, _ = pipeline.load_model(judge_path, kind="classifier")
+    if judge_model.config.noised:
+        raise ValueError(f"{judge_path} is a noised classifier; the judge must be a clean evaluation classifier")
     _, (images, labels) = data.load_train_and_heldout(dataset, data_dir)
     heldout = data.to_model_range(images)
     return Setup(model, pipeline.schedule_of(meta), judge_model, heldout, np.asarray(labels),
