@@ -44,15 +44,19 @@ def add_train_parser(sub) -> None:
                    "(else $MINIDIFF_DATA_DIR, the cache, then download)")
     p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=None,
                    help="U-Net widths per level, e.g. 32,64,128 (default: the dataset's preset)")
-    from minidiff.train import TrainConfig
-    defaults = TrainConfig()
+    from minidiff import train
+    defaults = train.TrainConfig()
     for name in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip",
                  "ema_decay", "p_uncond", "seed", "log_every", "ckpt_every", "sample_every",
                  "snapshot_every"):
         value = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
                        help=f"(default {value})")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default=defaults.schedule)
+    p.add_argument("--lr-schedule", choices=train.LR_SCHEDULES, default=defaults.lr_schedule,
+                   help="after warm-up: cosine decay to 0 at --steps, or constant "
+                   f"(default {defaults.lr_schedule})")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default=defaults.schedule,
+                   help="noise schedule (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

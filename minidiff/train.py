@@ -35,13 +35,17 @@ from minidiff import checkpoint, data, diffusion, pipeline, plotting, schedules
 from minidiff.unet import UNetConfig, count_params
 
 
+LR_SCHEDULES = ("cosine", "constant")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     dataset: str = "mnist"  # one of data.DATASETS
-    steps: int = 1500  # optimiser steps in total (a resumed run continues to this)
+    steps: int = 1600  # optimiser steps in total (a resumed run continues to this)
     batch_size: int = 128  # global batch, split over devices
     lr: float = 2e-3  # peak AdamW learning rate
     warmup_steps: int = 100  # linear warm-up from 0 to lr
+    lr_schedule: str = "cosine"  # after warm-up: "cosine" decay to 0 at `steps`, or "constant"
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip
     ema_decay: float = 0.999  # EMA decay (ramped up as min(decay, (1+k)/(10+k)))
@@ -61,23 +65,37 @@ class TrainConfig:
             raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
+    @property
+    def bookkeeping(self) -> tuple[str, ...]:
+        """Fields that change what a run writes or how long it goes, not the parameters it
+        computes: these may differ when a run is resumed. Under cosine decay the length of the
+        run sets the learning rate of every step, so `steps` is not one of them."""
+        fields = ("steps", "log_every", "ckpt_every", "sample_every", "snapshot_every")
+        return fields[1:] if self.lr_schedule == "cosine" else fields
 
 
-# Fields that change what a run writes or how long it goes, not the parameters it computes.
-BOOKKEEPING = ("steps", "log_every", "ckpt_every", "sample_every", "snapshot_every")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def learning_rate(cfg: TrainConfig) -> optax.Schedule:
+    """lr at each step: a linear warm-up from 0, then constant, or a half cosine to 0 at the last
+    step (Loshchilov & Hutter 2017, SGDR without restarts)."""
+    after = (optax.cosine_decay_schedule(cfg.lr, max(1, cfg.steps - cfg.warmup_steps))
+             if cfg.lr_schedule == "cosine" else optax.constant_schedule(cfg.lr))
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), after],
+                                [cfg.warmup_steps])
+
+
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    lr = optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
-        [cfg.warmup_steps],
-    )
+    """AdamW with the learning_rate schedule, on the gradient clipped to norm cfg.grad_clip."""
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(lr, weight_decay=cfg.weight_decay))
+                       optax.adamw(learning_rate(cfg), weight_decay=cfg.weight_decay))
 
 
 def init_state(unet_cfg: UNetConfig, cfg: TrainConfig):
@@ -174,11 +192,12 @@ class Trainer:
         pipeline.save_model(self.run_dir / "model.npz", self.ema_model(), meta)
 
     def _check_same_run(self, meta: dict) -> None:
-        saved = {k: v for k, v in meta["train"].items() if k not in BOOKKEEPING}
-        wanted = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in BOOKKEEPING}
+        free = self.cfg.bookkeeping
+        saved = {k: v for k, v in meta["train"].items() if k not in free}
+        wanted = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in free}
         if saved != wanted or meta["unet"] != json.loads(json.dumps(dataclasses.asdict(self.unet_cfg))):
             raise ValueError(f"{self.ckpt_path} was written by a different configuration; "
-                             f"use another run directory or the same settings (only {', '.join(BOOKKEEPING)} may change)")
+                             f"use another run directory or the same settings (only {', '.join(free)} may change)")
 
     def ema_model(self):
         return nnx.merge(self.graphdef, jax.device_get(self.state["ema"]))

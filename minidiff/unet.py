@@ -218,7 +218,11 @@ class UNet(nnx.Module):
         # Time and class embeddings -> one (B, emb_dim) conditioning vector.
         self.time_mlp1 = nnx.Linear(cfg.emb_dim, cfg.emb_dim, rngs=rngs)
         self.time_mlp2 = nnx.Linear(cfg.emb_dim, cfg.emb_dim, rngs=rngs)
-        self.class_table = nnx.Embed(cfg.num_classes + 1, cfg.emb_dim, rngs=rngs)  # +1: null class
+        # +1 row: the null class. Rows start at unit scale (as torch.nn.Embedding does), level with
+        # the time embedding: Flax's default (std 1/sqrt(emb_dim)) left the labels ~10x weaker, and
+        # Adam, which moves each entry ~lr per step, took hundreds of steps to make them matter.
+        self.class_table = nnx.Embed(cfg.num_classes + 1, cfg.emb_dim, rngs=rngs,
+                                     embedding_init=nnx.initializers.normal(1.0))
 
         self.conv_in = Conv3x3(cfg.in_channels, chs[0], rngs=rngs)
         levels, nrb, E = len(chs), cfg.num_res_blocks, cfg.emb_dim

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -130,7 +131,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, mnist_subset):
 
 
 def test_snapshots_keep_the_ema_weights_of_their_step(tmp_path, mnist_subset):
-    tiny_trainer(tmp_path, *mnist_subset, steps=4, snapshot_every=2).run(progress=False)
+    tiny_trainer(tmp_path, *mnist_subset, steps=4, snapshot_every=2, lr_schedule="constant").run(progress=False)
     snaps = sorted((tmp_path / "snapshots").glob("model_*.npz"))
     assert [p.name for p in snaps] == ["model_000002.npz", "model_000004.npz"]
     (_, first), (last_model, last) = (pipeline.load_model(p) for p in snaps)
@@ -139,5 +140,20 @@ def test_snapshots_keep_the_ema_weights_of_their_step(tmp_path, mnist_subset):
     for a, b in zip(jax.tree.leaves(nnx.state(last_model)), jax.tree.leaves(nnx.state(final))):
         np.testing.assert_array_equal(a, b)
     # bookkeeping settings may change on resume; the run goes on
-    tiny_trainer(tmp_path, *mnist_subset, steps=6, snapshot_every=3).run(progress=False)
+    tiny_trainer(tmp_path, *mnist_subset, steps=6, snapshot_every=3, lr_schedule="constant").run(progress=False)
     assert (tmp_path / "snapshots" / "model_000006.npz").exists()
+
+
+def test_cosine_decay_reaches_zero_at_the_last_step_so_steps_is_fixed_for_the_run(tmp_path, mnist_subset):
+    cfg = train.TrainConfig(steps=50, warmup_steps=10, lr=1e-3)
+    lr = train.learning_rate(cfg)
+    assert lr(0) == 0 and lr(10) == pytest.approx(1e-3) and lr(30) == pytest.approx(5e-4, rel=1e-5)
+    assert lr(50) == pytest.approx(0.0, abs=1e-12)
+    assert train.learning_rate(dataclasses.replace(cfg, lr_schedule="constant"))(50) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train.TrainConfig(lr_schedule="linear")
+    # the run's length sets every step's learning rate, so it may not change on resume
+    tiny_trainer(tmp_path, *mnist_subset, steps=2).run(progress=False)
+    tiny_trainer(tmp_path, *mnist_subset, steps=2, log_every=7)  # bookkeeping: accepted
+    with pytest.raises(ValueError, match="different configuration"):
+        tiny_trainer(tmp_path, *mnist_subset, steps=4)

@@ -91,6 +91,16 @@ def test_count_params_counts_every_scalar(tiny):
     assert count_params(tiny) == sum(np.size(p) for p in jax.tree.leaves(nnx.state(tiny)))
 
 
+def test_class_rows_start_at_unit_scale():
+    # Labels must weigh as much as the timestep from the first step (see UNet.__init__): the
+    # default Flax init (std 1/sqrt(emb_dim)) delayed class conditioning by ~400 steps on MNIST.
+    model = nnx.eval_shape(lambda: UNet(UNetConfig.mnist(), rngs=nnx.Rngs(0)))
+    table = UNet(dataclasses.replace(UNetConfig.mnist(), channels=(8,), attention=False),
+                 rngs=nnx.Rngs(0)).class_table.embedding[...]
+    assert table.shape == model.class_table.embedding.shape
+    assert 0.9 < float(jnp.std(table)) < 1.1 and abs(float(jnp.mean(table))) < 0.05
+
+
 def test_output_conv_starts_at_zero():
     # eps_pred = 0 at initialisation: the final conv's kernel and bias start at zero.
     conv = Conv3x3(4, 1, zero_init=True, rngs=nnx.Rngs(0))
