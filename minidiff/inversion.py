@@ -123,6 +123,10 @@ def null_class_inversion(emb_eps_fn, s: Schedule, x0, timesteps, cond_emb, null_
     inner_steps updates, early stop once the loss is below 1e-5 + 2e-5 i. Deviation: with a
     batch, each image stops on its own (its embedding is frozen once below the threshold) and
     the loop ends when all have stopped; the loss is checked before an update, not after.
+    lr is an absolute step size, so it depends on the scale of the embeddings: 1e-2 suits the
+    released MNIST model, whose class rows have an RMS of ~0.1-0.2. A U-Net initialised as now
+    (unit-scale rows, see UNet) and trained for 30 minutes reached only 24.8 dB at w = 7.5 with
+    it on 8 held-out digits, 33 dB with lr = 0.1, and 35.8 dB with lr = 0.1 and 25 inner steps.
     At w = 1 the guided eps is eps_cond alone and does not depend on the null embedding (its
     gradient is exactly zero), so no optimiser steps are taken: the result is plain DDIM
     inversion, with the per-step losses still measured.

@@ -111,11 +111,12 @@ def test_a_few_hundred_steps_lower_the_loss(tmp_path, mnist_subset):
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mnist_subset):
     images, labels = mnist_subset
-    tiny_trainer(tmp_path, images, labels, steps=50).run(progress=False)
+    # constant lr: the run is extended from 50 to 100 steps, which cosine decay would refuse
+    tiny_trainer(tmp_path, images, labels, steps=50, lr_schedule="constant").run(progress=False)
     poisoned = data.to_model_range(images)
     poisoned[:, 0, 0, 0] = np.nan
     with pytest.raises(train.TrainingDiverged, match="last good checkpoint is kept"):
-        tiny_trainer(tmp_path, poisoned, labels, steps=100).run(progress=False)
+        tiny_trainer(tmp_path, poisoned, labels, steps=100, lr_schedule="constant").run(progress=False)
     _, meta = final_params(tmp_path)
     assert meta["step"] == 50
     state, _ = final_params(tmp_path)
@@ -154,6 +155,6 @@ def test_cosine_decay_reaches_zero_at_the_last_step_so_steps_is_fixed_for_the_ru
         train.TrainConfig(lr_schedule="linear")
     # the run's length sets every step's learning rate, so it may not change on resume
     tiny_trainer(tmp_path, *mnist_subset, steps=2).run(progress=False)
-    tiny_trainer(tmp_path, *mnist_subset, steps=2, log_every=7)  # bookkeeping: accepted
+    tiny_trainer(tmp_path, *mnist_subset, steps=2, snapshot_every=7)  # bookkeeping: accepted
     with pytest.raises(ValueError, match="different configuration"):
         tiny_trainer(tmp_path, *mnist_subset, steps=4)
