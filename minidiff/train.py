@@ -73,10 +73,8 @@ class TrainConfig:
         """Fields that change what a run writes or how long it goes, not the parameters it
         computes: these may differ when a run is resumed. Under cosine decay the length of the
         run sets the learning rate of every step, so `steps` is not one of them."""
-        fields = ("steps", "log_every", "ckpt_every", "sample_every", "snapshot_every")
-        return fields[1:] if self.lr_schedule == "cosine" else fields
-
-
+        writing = ("log_every", "ckpt_every", "sample_every", "snapshot_every")
+        return writing if self.lr_schedule == "cosine" else ("steps",) + writing
 
 
 class TrainingDiverged(RuntimeError):
