@@ -244,6 +244,8 @@ def parse_index(text: str) -> slice:
 
 
 def add_inversion_parser(sub, name: str) -> None:
+    from minidiff import inversion
+
     editing = name == "edit"
     p = sub.add_parser(name, help=("change the label of real images" if editing else
                                    "invert real images to noise and reconstruct them"),
@@ -261,6 +263,10 @@ def add_inversion_parser(sub, name: str) -> None:
                    help="plain DDIM inversion or null-class inversion (default)")
     p.add_argument("--guidance", type=float, default=7.5, help="CFG scale w")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--inner-steps", type=int, default=inversion.INNER_STEPS,
+                   help=f"null-class inversion: most Adam steps per sampling step (default {inversion.INNER_STEPS})")
+    p.add_argument("--lr", type=float, default=inversion.LR,
+                   help=f"null-class inversion: Adam step size relative to the null row's RMS (default {inversion.LR})")
     if editing:
         p.add_argument("--to", type=int, required=True, help="the new label")
         p.add_argument("--keep-source-steps", type=int, default=0,
@@ -295,7 +301,8 @@ def run_inversion(args) -> None:
     x0 = data.to_model_range(images)
     result = pipeline.invert_and_edit(
         model, pipeline.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
-        steps=args.steps, targets=targets, keep_source_steps=getattr(args, "keep_source_steps", 0))
+        steps=args.steps, targets=targets, keep_source_steps=getattr(args, "keep_source_steps", 0),
+        inner_steps=args.inner_steps, lr=args.lr)
     psnr = metrics.psnr(x0, result["reconstructions"])
     summary = f"{len(labels)} image(s), {args.method} inversion, w={args.guidance}: mean PSNR {psnr.mean():.2f} dB"
     if args.out.suffix == ".npz":

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.tree_util import Partial
 
-from minidiff import checkpoint, guidance, samplers, schedules
+from minidiff import checkpoint, guidance, inversion, samplers, schedules
 from minidiff.classifier import Classifier, ClassifierConfig
 from minidiff.unet import UNet, UNetConfig
 
@@ -156,13 +156,13 @@ def label_grid(num_classes: int, per_label: int) -> np.ndarray:
 
 def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: str = "null",
                     guidance_scale: float = 7.5, steps: int = 50, targets=None,
-                    keep_source_steps: int = 0) -> dict:
+                    keep_source_steps: int = 0, inner_steps: int = inversion.INNER_STEPS,
+                    lr: float = inversion.LR) -> dict:
     """Invert real images x0 (B, H, W, C) with their labels and reconstruct them; with targets
     (B,) also edit them to those labels. method "ddim" (plain DDIM inversion at the same
-    guidance) or "null" (null-class inversion). Returns numpy arrays: reconstructions, and
+    guidance) or "null" (null-class inversion, with inner_steps and lr as in
+    inversion.null_class_inversion). Returns numpy arrays: reconstructions, and
     edits when targets are given, plus for "null" the inner optimiser steps used (n, B)."""
-    from minidiff import inversion
-
     if method not in ("ddim", "null"):
         raise ValueError(f"unknown method {method!r}; choose 'ddim' or 'null'")
     labels = jnp.asarray(labels, jnp.int32)
@@ -178,7 +178,8 @@ def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: s
             edit_fn = inversion.embedding_cfg_eps_fn(emb_fn, guidance_scale, table[jnp.asarray(targets)], null)
             out["edits"] = samplers.ddim_sample(edit_fn, s, x_T, ts)
     else:
-        inv = inversion.null_class_inversion(emb_fn, s, x0, ts, table[labels], null, guidance_scale)
+        inv = inversion.null_class_inversion(emb_fn, s, x0, ts, table[labels], null, guidance_scale,
+                                             inner_steps=inner_steps, lr=lr)
         rec_fn = inversion.null_embedding_eps_fn(emb_fn, guidance_scale, ts, inv, table[labels])
         out["reconstructions"] = samplers.ddim_sample(rec_fn, s, inv.x_T, ts)
         out["inner_steps"] = inv.inner_steps

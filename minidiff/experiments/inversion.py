@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from minidiff import classifier, metrics, pipeline, plotting
+from minidiff import classifier, inversion, metrics, pipeline, plotting
 from minidiff.experiments.common import Setup, log_row, save_json
 
 
@@ -20,7 +20,8 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
     x0, labels = setup.heldout[:num], setup.heldout_labels[:num]
     targets = (labels + 1) % model.config.num_classes
     result = {"experiment": "inversion", "num_images": len(x0), "steps": steps,
-              "keep_source_steps": keep_source_steps, "rows": []}
+              "keep_source_steps": keep_source_steps, "batch": batch,
+              "null_inner_steps_max": inversion.INNER_STEPS, "null_lr_relative": inversion.LR, "rows": []}
     for w in guidance:
         for method in ("ddim", "null"):
             start, outs = time.perf_counter(), []
@@ -38,6 +39,7 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
                    "edit_psnr_to_source": float(metrics.psnr(x0, out["edits"]).mean())}
             if method == "null":
                 row["inner_steps_mean"] = float(out["inner_steps"].mean())
+                row["inner_steps_mean_per_step"] = np.round(out["inner_steps"].mean(axis=1), 2).tolist()
             result["rows"].append(row)
             log_row(row)
             if method == "null":
