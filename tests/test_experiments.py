@@ -6,7 +6,7 @@ import json
 import pytest
 from flax import nnx
 
-from minidiff import classifier, data, experiments, train
+from minidiff import classifier, data, experiments, inversion, train
 from minidiff.experiments.__main__ import main
 from tests.helpers import TINY_UNET, data_dir
 
@@ -27,10 +27,18 @@ def test_inversion_experiment(setup, tmp_path):
     assert rows[1.0, "null"]["psnr_mean"] == pytest.approx(rows[1.0, "ddim"]["psnr_mean"], abs=1e-4)
     assert rows[1.0, "null"]["inner_steps_mean"] == 0
     assert rows[7.5, "null"]["psnr_mean"] > rows[7.5, "ddim"]["psnr_mean"]
-    assert 0 <= rows[7.5, "null"]["inner_steps_mean"] <= 10
+    assert 0 <= rows[7.5, "null"]["inner_steps_mean"] <= inversion.INNER_STEPS
     saved = json.loads((tmp_path / "inversion.json").read_text())
     assert saved["num_images"] == 2 and "psnr_to_source" in saved["random_target_samples"]
     assert (tmp_path / "inversion_null_w7.5.png").exists()
+    # One scale run again on its own replaces its rows and keeps the others.
+    again = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0,), steps=4,
+                                             keep_source_steps=1, batch=2)
+    assert [(r["guidance"], r["method"]) for r in again["rows"]] == sorted(rows)
+    assert again["random_target_samples"] == saved["random_target_samples"]  # kept: its w = 7.5 was not rerun
+    # Other settings start afresh.
+    other = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0,), steps=2, batch=2)
+    assert [r["guidance"] for r in other["rows"]] == [1.0, 1.0]
 
 
 def test_sampler_table(setup, tmp_path):

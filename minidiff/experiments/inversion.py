@@ -1,11 +1,17 @@
 """Inversion experiment: reconstruction PSNR of plain DDIM inversion vs null-class inversion
 on held-out digits at several guidance scales, and label-swap edits (label -> label + 1 mod
 10) scored by the eval classifier and by PSNR to the source, against random samples of the
-target class (how close would an unrelated image of that class be?)."""
+target class (how close would an unrelated image of that class be?).
+
+The JSON is rewritten after every row, and rows of an earlier run with the same settings are
+kept unless measured again, so the scales can be run separately (`--guidance 7.5`) and an
+interrupted run keeps what it finished."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,6 +28,7 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
     result = {"experiment": "inversion", "num_images": len(x0), "steps": steps,
               "keep_source_steps": keep_source_steps, "batch": batch,
               "null_inner_steps_max": inversion.INNER_STEPS, "null_lr_relative": inversion.LR, "rows": []}
+    result = _earlier_result(out_dir, result, guidance)
     for w in guidance:
         for method in ("ddim", "null"):
             start, outs = time.perf_counter(), []
@@ -40,7 +47,8 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
             if method == "null":
                 row["inner_steps_mean"] = float(out["inner_steps"].mean())
                 row["inner_steps_mean_per_step"] = np.round(out["inner_steps"].mean(axis=1), 2).tolist()
-            result["rows"].append(row)
+            result["rows"] = sorted(result["rows"] + [row], key=lambda r: (r["guidance"], r["method"]))
+            save_json(out_dir, "inversion", result)
             log_row(row)
             if method == "null":
                 n = min(10, len(x0))
@@ -48,12 +56,28 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
                                    np.concatenate([x0[:n], out["reconstructions"][:n], out["edits"][:n]]),
                                    n, row_labels=["source", "recon.", "edit +1"],
                                    title=f"null-class inversion, w = {w:g}, DDIM-{steps}")
-    randoms = np.concatenate([np.asarray(pipeline.generate(model, s, targets[i:i + batch], jax.random.PRNGKey(i),
-                                                           steps=steps, guidance_scale=max(guidance)))
-                              for i in range(0, len(x0), batch)])
-    result["random_target_samples"] = {
-        "guidance": max(guidance), "psnr_to_source": float(metrics.psnr(x0, randoms).mean()),
-        "accuracy": metrics.accuracy(classifier.predict(setup.judge, randoms)[0], targets)}
-    log_row(result["random_target_samples"])
+    earlier = result.get("random_target_samples")
+    if earlier is None or earlier["guidance"] <= max(guidance):
+        randoms = np.concatenate([np.asarray(pipeline.generate(
+            model, s, targets[i:i + batch], jax.random.PRNGKey(i), steps=steps, guidance_scale=max(guidance)))
+            for i in range(0, len(x0), batch)])
+        result["random_target_samples"] = {
+            "guidance": max(guidance), "psnr_to_source": float(metrics.psnr(x0, randoms).mean()),
+            "accuracy": metrics.accuracy(classifier.predict(setup.judge, randoms)[0], targets)}
+        log_row(result["random_target_samples"])
     save_json(out_dir, "inversion", result)
     return result
+
+
+def _earlier_result(out_dir, fresh: dict, guidance) -> dict:
+    """The saved result of an earlier run with the same settings, less the rows measured again;
+    or the fresh one."""
+    path = Path(out_dir) / "inversion.json"
+    if not path.exists():
+        return fresh
+    earlier = json.loads(path.read_text())
+    settings = [k for k in fresh if k != "rows"]
+    if any(earlier.get(k) != fresh[k] for k in settings):
+        return fresh
+    earlier["rows"] = [r for r in earlier["rows"] if r["guidance"] not in guidance]
+    return earlier
