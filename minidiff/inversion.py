@@ -155,6 +155,8 @@ def null_class_inversion(emb_eps_fn, s: Schedule, x0, timesteps, cond_emb, null_
         raise ValueError(f"cond_emb must have one row per image ({x0.shape[0]}), got {cond_emb.shape}")
     if inner_steps < 1:
         raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0 (a step size), got {lr}")
     pivot_fn = embedding_cfg_eps_fn(emb_eps_fn, 1.0, cond_emb, null_emb)
     _, pivot = ddim_invert(pivot_fn, s, x0, ts, return_trajectory=True)  # (n + 1, B, ...)
     t, t_prev = step_pairs(ts)

@@ -72,6 +72,8 @@ def test_bad_input(tiny):
         inversion.null_class_inversion(emb_fn, S, x0, TS, table[y], table[10], W, inner_steps=0)
     with pytest.raises(ValueError, match="strictly decreasing"):
         inversion.null_class_inversion(emb_fn, S, x0, TS[::-1], table[y], table[10], W)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        inversion.null_class_inversion(emb_fn, S, x0, TS, table[y], table[10], W, lr=-0.1)
     with pytest.raises(ValueError, match="null_emb must be a nonzero"):
         inversion.null_class_inversion(emb_fn, S, x0, TS, table[y], 0 * table[10], W)
 
