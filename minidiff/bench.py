@@ -3,11 +3,17 @@ the machine's float32 matmul peak, all in one run so their ratios are meaningful
 
 Every timing is the median of several runs after a warm-up run (compilation excluded), with
 jax.block_until_ready around the timed call. FLOPs come from XLA's own cost analysis of the
-compiled program, so "achieved GFLOP/s" is XLA's count divided by measured time.
+compiled program, so "achieved GFLOP/s" is XLA's count divided by measured time. The sampling
+loop and the forward pass it is compared with are timed alternately, so that a drift in the
+machine's speed hits both alike, and their ratio is the median of the per-round ratios.
+
+The XLA_FLAGS in effect are part of the report: minidiff adds one on import (minidiff/xla_flags.py);
+MINIDIFF_XLA_DEFAULTS=1 measures XLA's own defaults instead.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -18,15 +24,24 @@ from minidiff import pipeline, samplers, schedules, train
 from minidiff.unet import UNetConfig, count_params
 
 
+def seconds(fn) -> float:
+    """Wall time of one call fn(), up to the moment its result is ready."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
 def median_seconds(fn, *args, repeats: int = 5) -> float:
     """Median wall time of fn(*args) over repeats, after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    seconds(lambda: fn(*args))
+    return statistics.median(seconds(lambda: fn(*args)) for _ in range(repeats))
+
+
+def paired_seconds(fn_a, fn_b, repeats: int = 5) -> tuple[list[float], list[float]]:
+    """Wall times of fn_a() and fn_b(), taken alternately after one warm-up call of each."""
+    seconds(fn_a), seconds(fn_b)
+    pairs = [(seconds(fn_a), seconds(fn_b)) for _ in range(repeats)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def flops_of(jitted, *args) -> float:
@@ -63,9 +78,11 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
     fwd_flops = flops_of(forward, eps_fn, x, t, y) / forward_batch
 
     x, t, y = inputs(sample_batch)
-    fwd_small_s = median_seconds(forward, eps_fn, x, t, y, repeats=repeats)
     ts = samplers.make_timesteps(s.num_timesteps, 50)
-    ddim_s = median_seconds(lambda x: samplers.ddim_sample(eps_fn, s, x, ts, y=y), x, repeats=repeats)
+    fwd_small, ddim = paired_seconds(lambda: forward(eps_fn, x, t, y),
+                                     lambda: samplers.ddim_sample(eps_fn, s, x, ts, y=y), repeats)
+    ddim_s = statistics.median(ddim)
+    ddim_over_forwards = statistics.median(d / (50 * f) for f, d in zip(fwd_small, ddim))
 
     cfg = train.TrainConfig(batch_size=train_batch)
     graphdef, state = train.init_state(config, cfg)
@@ -80,6 +97,7 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
     train_gflops = train_flops * train_batch / train_s / 1e9
     return {
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x {jax.device_count()}",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "parameters": count_params(model),
         "channels": list(config.channels),
         "forward_batch": forward_batch,
@@ -88,7 +106,7 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
         "forward_gflop_per_s": forward_gflops,
         "ddim50_batch": sample_batch,
         "ddim50_images_per_s": sample_batch / ddim_s,
-        "ddim50_over_50_forwards": ddim_s / (50 * fwd_small_s),
+        "ddim50_over_50_forwards": ddim_over_forwards,
         "train_batch": train_batch,
         "train_step_s": train_s,
         "train_images_per_s": train_batch / train_s,
@@ -116,6 +134,7 @@ def format_report(r: dict) -> str:
     """The bench results as an aligned text table."""
     rows = [
         ("device", r["device"]),
+        ("XLA_FLAGS", r["xla_flags"] or "(none: XLA's defaults)"),
         ("U-Net", f"{r['parameters']:,} parameters, channels {tuple(r['channels'])}"),
         (f"forward, batch {r['forward_batch']}", f"{r['forward_images_per_s']:.0f} images/s, "
          f"{r['forward_mflop_per_image']:.0f} MFLOP/image, {r['forward_gflop_per_s']:.0f} GFLOP/s "

@@ -320,7 +320,10 @@ def run_inversion(args) -> None:
 def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="measure U-Net, sampler and training speed on this machine",
                        description="Forward images/s, DDIM-50 sampling overhead, train-step time, "
-                       "XLA FLOP counts and the same run's float32 matmul peak (medians after warm-up).")
+                       "XLA FLOP counts and the same run's float32 matmul peak (medians after warm-up).",
+                       epilog="minidiff adds an XLA:CPU flag on import that keeps convolutions on all "
+                       "cores (minidiff/xla_flags.py); MINIDIFF_XLA_DEFAULTS=1 python -m minidiff bench "
+                       "measures XLA's own defaults.")
     p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=None,
                    help="U-Net widths (default: the MNIST preset)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
