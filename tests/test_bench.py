@@ -11,4 +11,13 @@ def test_bench_reports_consistent_numbers_on_a_tiny_model():
     assert r["train_mflop_per_image"] > 2 * r["forward_mflop_per_image"] > 0
     assert 0 < r["forward_fraction_of_peak"] and r["matmul_peak_gflop_per_s"] > 1
     assert r["ddim50_over_50_forwards"] > 0  # a ratio of timings: no bound on its value in a test
+    lo, hi = r["matmul_peak_range_gflop_per_s"]
+    assert lo <= r["matmul_peak_gflop_per_s"] <= hi
     assert "matmul peak" in bench.format_report(r)
+
+
+def test_rounds_time_every_measurement_once_per_round_after_a_warm_up():
+    calls = []
+    times = bench.timed_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then 3 timed ones
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
