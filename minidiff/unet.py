@@ -10,9 +10,11 @@ guided-diffusion (Dhariwal & Nichol 2021), scaled down to run on a laptop CPU:
       -> up path, per level l:    num_res_blocks x ResBlock(concat[h, skip]), then upsample
       -> GroupNorm, SiLU, conv3x3 -> eps (B, H, W, C)
 
-Sized for CPU speed: a 3x3 convolution runs ~1.7x faster per FLOP at 7x7 than at 28x28 on
-XLA:CPU, so the presets keep few channels at full resolution and many at the bottom, and the
-up path has one ResBlock per skip (DDPM's extra up block per level cost ~40% more time).
+Sized for CPU speed: a 3x3 convolution runs ~2x faster per FLOP at 7x7 with 128 channels than
+at 28x28 with 16-32 on XLA:CPU (~180 vs 75-85 GFLOP/s on 2 cores), so the presets keep few
+channels at full resolution and many at the bottom, and the up path has one ResBlock per skip
+(DDPM's extra up block per level cost ~40% more time). Which convolution kernel XLA uses is set
+on import by minidiff/xla_flags.py.
 
 Every ResBlock receives the sum of a timestep embedding and a class embedding. The class
 table has num_classes + 1 rows: row `num_classes` is the learned *null class* used for

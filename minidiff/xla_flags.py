@@ -1,21 +1,24 @@
 """XLA:CPU settings for speed, put into XLA_FLAGS when minidiff is imported.
 
-jaxlib 0.10 hands every convolution on CPU to YNNPACK, which ran the U-Net's 3x3 convolutions
-with fewer than ~96 input or output channels on one core of two: 80-90 GFLOP/s against a
-~180 GFLOP/s matmul, the same speed as when the process is pinned to one core. XLA's own
-(Eigen) convolution uses every core and runs the same convolutions at 100-175 GFLOP/s. So
-minidiff keeps YNNPACK for matmuls and reductions and takes convolutions away from it:
+jaxlib 0.10 hands convolutions on CPU to YNNPACK, which ran the U-Net's 3x3 convolutions with
+fewer than ~96 input or output channels on one core of two: 70-90 GFLOP/s against a ~180 GFLOP/s
+matmul, the same speed as when the process is pinned to one core. XLA's own (Eigen) convolution
+uses every core and runs those from 14x14 down at 145-190 GFLOP/s (the 28x28 ones with 16-32
+channels stay at 70-85 either way). So minidiff keeps YNNPACK for matmuls and reductions and
+takes convolutions away from it:
 
     --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
 
-On the 2-core CPU this project is developed on, that made the MNIST U-Net's forward pass ~1.3x
-and its training step ~1.25x faster (`python -m minidiff bench`, README "Speed"), with results
-equal to float32 round-off (tests/test_xla_flags.py).
+On the 2-core CPU this project is developed on, that made the MNIST U-Net's forward pass and its
+training step ~1.3x faster (`python -m minidiff bench`, three runs of each setting alternated:
+658 vs 511 images/s, 0.73 vs 0.94 s per step; README "Speed"), with results equal to float32
+round-off (tests/test_xla_flags.py).
 
 XLA reads XLA_FLAGS once, when JAX starts its backend, so this only works if minidiff is
 imported before the first JAX computation; otherwise a warning says so. The flag is
 experimental and XLA aborts the process on a flag it does not know, so it is only added for
-the jaxlib versions it was checked on (JAXLIB_VERSIONS). It is left out when the user's
+the jaxlib versions it was checked on (JAXLIB_VERSIONS: 0.10.2, and the 0.11 series, which
+has the same flag and syntax). It is left out when the user's
 XLA_FLAGS already sets it, or when MINIDIFF_XLA_DEFAULTS=1 (to measure XLA's own defaults).
 """
 
