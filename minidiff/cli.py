@@ -326,7 +326,8 @@ def add_bench_parser(sub) -> None:
                        "measures XLA's own defaults.")
     p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=None,
                    help="U-Net widths (default: the MNIST preset)")
-    p.add_argument("--repeats", type=int, default=5, help="rounds; each times every measurement once (reported: medians over rounds)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds, each timing every measurement once (reported: medians over rounds)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
