@@ -7,8 +7,9 @@ sampling loop and the training step once, one after another, after one warm-up c
 the matmul peak, sampling loop over 50 forward passes) is computed within each round and the
 report gives the median over rounds, so a stretch in which the machine runs slower (on a shared
 2-core VM the same program's speed can drop by half for a while) hits both sides of a ratio
-alike. Times are medians over rounds. FLOPs come from XLA's own cost analysis of the compiled
-program, so "achieved GFLOP/s" is XLA's count divided by measured time.
+alike. Times are medians over rounds. FLOPs come from XLA's own cost analysis of the program
+compiled for the CPU (so the count is the same on every device), and "achieved GFLOP/s"
+is XLA's count divided by measured time.
 
 The XLA_FLAGS in effect are part of the report: minidiff adds one on import (minidiff/xla_flags.py);
 MINIDIFF_XLA_DEFAULTS=1 measures XLA's own defaults instead.
@@ -49,9 +50,12 @@ def timed_rounds(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
     return times
 
 
-def flops_of(jitted, *args) -> float:
-    """FLOPs of one call, from XLA's cost analysis of the compiled program."""
-    cost = jitted.lower(*args).compile().cost_analysis()
+def flops_of(fn, *args) -> float:
+    """FLOPs of one call fn(*args), from XLA's cost analysis of the program compiled for the CPU.
+    The count belongs to the program, not the device, and on a GPU XLA's count leaves out the
+    convolutions that cuDNN computes."""
+    args = jax.device_put(args, jax.devices("cpu")[0])
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
@@ -114,7 +118,7 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
     train_gflops = [train_flops * train_batch / t / 1e9 for t in times["train"]]
     per_round = lambda num, den: statistics.median(n / d for n, d in zip(num, den))
     return {
-        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x {jax.device_count()}",
+        "device": train.device_description(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "parameters": count_params(model),
         "channels": list(config.channels),

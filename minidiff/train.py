@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -181,7 +182,7 @@ class Trainer:
 
     def _metadata(self) -> dict:
         return {"train": dataclasses.asdict(self.cfg), "unet": dataclasses.asdict(self.unet_cfg),
-                "step": self.step, "elapsed": self.elapsed}
+                "step": self.step, "elapsed": self.elapsed, "device": device_description()}
 
     def save(self) -> None:
         """Full state to ckpt.npz and the EMA weights to model.npz, each atomically."""
@@ -255,6 +256,13 @@ class Trainer:
                 self.sample_grid(self.run_dir / f"samples_{done:06d}.png")
         bar.close()
         return records
+
+
+def device_description() -> str:
+    """What the computation runs on, e.g. "gpu: NVIDIA H100 80GB HBM3 x 1" or "cpu: 2 cores x 1"."""
+    device = jax.devices()[0]
+    kind = f"{os.cpu_count()} cores" if device.platform == "cpu" else device.device_kind
+    return f"{device.platform}: {kind} x {jax.device_count()}"
 
 
 def describe(unet_cfg: UNetConfig) -> str:
