@@ -1,3 +1,6 @@
+import jax
+import jax.numpy as jnp
+
 from minidiff import bench
 from tests.helpers import TINY_UNET
 
@@ -21,3 +24,15 @@ def test_rounds_time_every_measurement_once_per_round_after_a_warm_up():
     times = bench.timed_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
     assert calls == ["a", "b"] * 4  # one warm-up round, then 3 timed ones
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_flops_are_counted_as_in_closed_form():
+    m, k, n = 64, 48, 32
+    assert bench.flops_of(jnp.matmul, jnp.ones((m, k)), jnp.ones((k, n))) == 2 * m * k * n
+    # A 3x3 'VALID' convolution, NHWC: (size - 2)^2 outputs per channel, each 3 * 3 * C_in
+    # multiply-adds (2 FLOPs each).
+    batch, size, c_in, c_out = 2, 8, 4, 5
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    flops = bench.flops_of(conv, jnp.ones((batch, size, size, c_in)), jnp.ones((3, 3, c_in, c_out)))
+    assert flops == 2 * 9 * c_in * c_out * batch * (size - 2) ** 2

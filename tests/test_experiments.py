@@ -78,6 +78,7 @@ def test_time_to_quality_scores_every_snapshot(setup, tmp_path):
     assert [r["step"] for r in result["rows"]] == [1, 2]
     assert result["rows"][0]["minutes"] <= result["rows"][1]["minutes"]
     assert result["first_reached"]["step"] == 1
+    assert result["device"] == train.device_description()  # recorded by the training run
     assert (tmp_path / "time_to_quality.png").exists()
 
 
