@@ -103,7 +103,7 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
         return matmul(a, a)
 
     fwd_flops = flops_of(forward, eps_fn, x_big, t_big, y_big) / forward_batch
-    train_flops = flops_of(jax.jit(step), state) / train_batch
+    train_flops = flops_of(step, state) / train_batch
     times = timed_rounds({
         "matmul": matmuls,
         "forward": lambda: forward(eps_fn, x_big, t_big, y_big),
