@@ -4,17 +4,17 @@ If the data are a mixture of isotropic Gaussians, one component per class,
 
     p(x_0 | y = k) = N(mu_k, sigma_k^2 I),   p(y = k) = pi_k,
 
-then every noisy marginal is again such a mixture. From x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps:
+then every noisy marginal is again such a mixture. From x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps:
 
-    p(x_t | y = k) = N(sqrt(abar) mu_k, v_k I),   v_k = abar sigma_k^2 + 1 - abar,
+    p(x_t | y = k) = N(sqrt(alpha_bar_t) mu_k, v_k I),   v_k = alpha_bar_t sigma_k^2 + 1 - alpha_bar_t,
 
 so the score, the optimal noise prediction and the classifier are all closed forms:
 
-    eps_k(x_t)       = sqrt(1 - abar) (x_t - sqrt(abar) mu_k) / v_k       (class-conditional)
-    p(y = k | x_t)   = pi_k N(x_t; sqrt(abar) mu_k, v_k I) / sum_j (...)    (the exact noisy classifier)
+    eps_k(x_t)       = sqrt(1 - alpha_bar_t) (x_t - sqrt(alpha_bar_t) mu_k) / v_k       (class-conditional)
+    p(y = k | x_t)   = pi_k N(x_t; sqrt(alpha_bar_t) mu_k, v_k I) / sum_j (...)    (the exact noisy classifier)
     eps(x_t)         = sum_k p(y = k | x_t) eps_k(x_t)                      (unconditional)
 
-using eps = E[eps | x_t] = -sqrt(1 - abar) grad log p(x_t) (Tweedie's formula; Song et al. 2021,
+using eps = E[eps | x_t] = -sqrt(1 - alpha_bar_t) grad log p(x_t) (Tweedie's formula; Song et al. 2021,
 "Score-Based Generative Modeling through SDEs", and Ho et al. 2020, Sec. 3.2). A network
 trained to optimality on such data would output exactly these functions, so the samplers
 can be tested against known answers. A single Gaussian is the mixture with one component.
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from minidiff.contracts import EpsFn, LogProbFn
 from minidiff.diffusion import alpha_bar, broadcast_to_image
 from minidiff.schedules import Schedule
 
@@ -85,15 +86,15 @@ def sample_data(mixture: GaussianMixture, key, num: int, y=None):
 
 def _component_terms(s: Schedule, mixture: GaussianMixture, x_t, t):
     """Per-component eps_k(x_t) (B, K, ...) and log pi_k N(x_t; ...) (B, K)."""
-    abar = alpha_bar(s, t)[:, None]  # (B, 1)
-    var = abar * mixture.stds**2 + 1.0 - abar  # (B, K): v_k
+    alpha_bar_t = alpha_bar(s, t)[:, None]  # (B, 1)
+    var = alpha_bar_t * mixture.stds**2 + 1.0 - alpha_bar_t  # (B, K): v_k
     dims = x_t[0].size
-    centred = x_t[:, None] - jnp.sqrt(broadcast_to_image(abar, x_t[:, None])) * mixture.means
+    centred = x_t[:, None] - jnp.sqrt(broadcast_to_image(alpha_bar_t, x_t[:, None])) * mixture.means
     sq_dist = jnp.sum(centred.reshape(centred.shape[:2] + (-1,)) ** 2, axis=-1)  # (B, K)
     log_joint = (
         jnp.log(mixture.weights) - 0.5 * sq_dist / var - 0.5 * dims * jnp.log(2 * jnp.pi * var)
     )
-    eps_k = broadcast_to_image(jnp.sqrt(1.0 - abar) / var, centred) * centred  # (B, K, ...)
+    eps_k = broadcast_to_image(jnp.sqrt(1.0 - alpha_bar_t) / var, centred) * centred  # (B, K, ...)
     return eps_k, log_joint
 
 
@@ -116,22 +117,22 @@ def _mixture_eps(s, mixture, x_t, t, y):
     return jnp.where(broadcast_to_image(y < k, x_t), eps_cond, eps_uncond)
 
 
-def mixture_eps_fn(s: Schedule, mixture: GaussianMixture):
+def mixture_eps_fn(s: Schedule, mixture: GaussianMixture) -> EpsFn:
     """The exact eps_fn(x_t, t, y): class-conditional for y < K, unconditional for y = K
     (or y = None)."""
     return Partial(_mixture_eps, s, mixture)
 
 
-def mixture_log_prob_fn(s: Schedule, mixture: GaussianMixture):
+def mixture_log_prob_fn(s: Schedule, mixture: GaussianMixture) -> LogProbFn:
     """The exact noisy classifier log p(y | x_t) as log_prob_fn(x_t, t, y) -> (B,)."""
     return Partial(_mixture_log_prob, s, mixture)
 
 
 def marginal_moments(s: Schedule, mixture: GaussianMixture, t: int):
     """Mean and variance per dimension of the marginal q(x_t) (t = -1: the data)."""
-    abar = alpha_bar(s, jnp.asarray(t))
+    alpha_bar_t = alpha_bar(s, jnp.asarray(t))
     w = broadcast_to_image(mixture.weights, mixture.means)
-    means = jnp.sqrt(abar) * mixture.means  # (K, ...)
-    second = means**2 + broadcast_to_image(abar * mixture.stds**2 + 1 - abar, means)
+    means = jnp.sqrt(alpha_bar_t) * mixture.means  # (K, ...)
+    second = means**2 + broadcast_to_image(alpha_bar_t * mixture.stds**2 + 1 - alpha_bar_t, means)
     mean = jnp.sum(w * means, axis=0)
     return mean, jnp.sum(w * second, axis=0) - mean**2

@@ -24,7 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from minidiff import pipeline, samplers, schedules, train
+from minidiff import models, pipeline, samplers, schedules, train
 from minidiff.unet import UNetConfig, count_params
 
 
@@ -75,7 +75,7 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
               train_batch: int = 128, repeats: int = 5, matmul_size: int = 2048) -> dict:
     """All measurements as a dict (see the module docstring)."""
     config = config or UNetConfig.mnist()
-    model = pipeline.build_model(config)
+    model = models.build_model(config)
     eps_fn = pipeline.unet_eps_fn(model)
     s = schedules.linear_schedule()
     shape = (config.image_size, config.image_size, config.in_channels)

@@ -1,6 +1,7 @@
-"""Command line: python -m minidiff {train,sample,eval,train-classifier,bench,invert,edit} ... (each with --help).
+"""Command line: minidiff {train,sample,eval,train-classifier,bench,invert,edit} ... (each with --help).
 
-The CLI only maps flags to config fields and calls library functions.
+Also runs as `python -m minidiff`. The CLI only maps flags to config fields and calls library
+functions; the choices it offers are the library's own (SCHEDULES, SPACINGS, ...).
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ def parse_labels(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"labels must look like '0..9' or '1,4,7', got {text!r}")
 
 
+def parse_channels(text: str) -> tuple[int, ...]:
+    """'16,48,128' -> (16, 48, 128): the U-Net's width per resolution level."""
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"channels must look like '16,48,128', got {text!r}")
+    if any(c < 1 for c in channels):
+        raise argparse.ArgumentTypeError(f"channels must be positive, got {text!r}")
+    return channels
+
+
 def check_labels(labels: list[int], num_classes: int, what: str) -> list[int]:
     bad = [v for v in labels if not 0 <= v < num_classes]
     if bad:
@@ -42,9 +54,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/DATASET)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files "
                    "(else $MINIDIFF_DATA_DIR, the cache, then download)")
-    p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=None,
+    p.add_argument("--channels", type=parse_channels, default=None,
                    help="U-Net widths per level, e.g. 32,64,128 (default: the dataset's preset)")
-    from minidiff import train
+    from minidiff import schedules, train
     defaults = train.TrainConfig()
     for name in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip",
                  "ema_decay", "p_uncond", "seed", "log_every", "ckpt_every", "sample_every",
@@ -55,7 +67,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lr-schedule", choices=train.LR_SCHEDULES, default=defaults.lr_schedule,
                    help="after warm-up: cosine decay to 0 at --steps, or constant "
                    f"(default {defaults.lr_schedule})")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default=defaults.schedule,
+    p.add_argument("--schedule", choices=schedules.SCHEDULES, default=defaults.schedule,
                    help="noise schedule (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -86,7 +98,6 @@ def add_sample_parser(sub) -> None:
                        description="Sample with DDIM or DDPM and classifier-free guidance. "
                        "Without --ckpt, uses the released MNIST model.")
     p.add_argument("--ckpt", type=Path, default=None, help="model file (default: data/checkpoints/mnist.npz)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     add_sampling_arguments(p)
     p.add_argument("--labels", type=parse_labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes)")
     p.add_argument("--per-label", type=int, default=10, help="samples per label (one grid row each)")
@@ -98,11 +109,14 @@ def add_sample_parser(sub) -> None:
 
 def add_sampling_arguments(p) -> None:
     """Sampler and guidance options shared by `sample` and `eval`."""
+    from minidiff import pipeline, samplers
+
+    p.add_argument("--sampler", choices=pipeline.SAMPLERS, default="ddim")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: DDIM 50, DDPM all T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--variance", choices=("beta_tilde", "beta"), default="beta_tilde",
+    p.add_argument("--variance", choices=samplers.DDPM_VARIANCES, default="beta_tilde",
                    help="DDPM step variance; 'beta' with --steps is the DDIM paper's sigma-hat sampler")
-    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading")
+    p.add_argument("--spacing", choices=samplers.SPACINGS, default="leading")
     p.add_argument("--guidance", type=float, default=3.0,
                    help="CFG scale w (1: conditional, 0: unconditional); with --classifier, the "
                         "classifier-guidance scale on the unconditional model")
@@ -112,9 +126,9 @@ def add_sampling_arguments(p) -> None:
 
 def sampling_kwargs(args) -> dict:
     """generate() keyword arguments from the options of add_sampling_arguments."""
-    from minidiff import pipeline
+    from minidiff import models
 
-    clf = None if args.classifier is None else pipeline.load_model(args.classifier, kind="classifier")[0]
+    clf = None if args.classifier is None else models.load_model(args.classifier, kind="classifier")[0]
     return {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "variance": args.variance,
             "guidance_scale": args.guidance, "spacing": args.spacing, "classifier": clf}
 
@@ -131,17 +145,17 @@ def sampling_title(args) -> str:
 def run_sample(args) -> None:
     import jax
 
-    from minidiff import pipeline, plotting
+    from minidiff import models, pipeline, plotting
 
     if args.out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {args.out}")
     if args.per_label < 1:
         raise ValueError(f"--per-label must be >= 1, got {args.per_label}")
-    model, meta = pipeline.load_model(args.ckpt)
+    model, meta = models.load_model(args.ckpt)
     num_classes = model.config.num_classes
     wanted = list(range(num_classes)) if args.labels is None else args.labels
     labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
-    images = pipeline.generate(model, pipeline.schedule_of(meta), labels, jax.random.PRNGKey(args.seed),
+    images = pipeline.generate(model, models.schedule_of(meta), labels, jax.random.PRNGKey(args.seed),
                                clip_x0=args.clip_x0, **sampling_kwargs(args))
     if args.out.suffix == ".npz":
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +176,6 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
     p.add_argument("--judge", type=Path, default=None,
                    help="clean evaluation classifier (default data/checkpoints/DATASET_classifier.npz)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     add_sampling_arguments(p)
     p.add_argument("--per-label", type=int, default=20, help="samples per class")
     p.add_argument("--seed", type=int, default=0)
@@ -174,16 +187,15 @@ def add_eval_parser(sub) -> None:
 def run_eval(args) -> None:
     import json
 
-    from minidiff import evaluation, pipeline, plotting
-    from minidiff.experiments import load_setup
+    from minidiff import evaluation, models, plotting
 
-    setup = load_setup(args.ckpt, args.judge, args.data_dir)
+    setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
     images, labels, seconds = evaluation.draw_samples(setup.model, setup.schedule, args.per_label, seed=args.seed,
                                                       progress=True, **sampling_kwargs(args))
     result = evaluation.score_samples(setup.judge, images, labels, setup.reference)
     result.update(sampler=sampling_title(args), sampling_seconds=round(seconds, 1),
-                  checkpoint=str(args.ckpt or pipeline.DEFAULT_CHECKPOINT),
-                  judge=str(args.judge or pipeline.CHECKPOINT_DIR / f"{setup.dataset}_classifier.npz"))
+                  checkpoint=str(args.ckpt or models.DEFAULT_CHECKPOINT),
+                  judge=str(args.judge or evaluation.judge_path(setup.dataset)))
     if args.grid:
         names = data.CLASS_NAMES.get(setup.dataset, range(setup.model.config.num_classes))
         plotting.save_grid(args.grid, images, args.per_label, row_labels=list(names),
@@ -214,20 +226,20 @@ def add_classifier_parser(sub) -> None:
 def run_classifier(args) -> None:
     import time
 
-    from minidiff import classifier, pipeline
+    from minidiff import classifier, classifier_train, models
 
     (images, labels), (held_images, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
     h, w, c = images.shape[1:]
     cfg = classifier.ClassifierConfig(image_size=h, in_channels=c, noised=args.noised,
                                       num_classes=data.num_classes(args.dataset))
     start = time.perf_counter()
-    model = classifier.train_classifier(cfg, data.to_model_range(images), labels, steps=args.steps,
+    model = classifier_train.train_classifier(cfg, data.to_model_range(images), labels, steps=args.steps,
                                         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                         progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60
-    acc = classifier.evaluate(model, data.to_model_range(held_images), held_labels)
-    out = args.out or pipeline.CHECKPOINT_DIR / f"{args.dataset}_classifier{'_noisy' if args.noised else ''}.npz"
-    pipeline.save_model(out, model, {"dataset": args.dataset, "steps": args.steps, "heldout_accuracy": acc,
+    acc = classifier_train.evaluate(model, data.to_model_range(held_images), held_labels)
+    out = args.out or models.CHECKPOINT_DIR / f"{args.dataset}_classifier{'_noisy' if args.noised else ''}.npz"
+    models.save_model(out, model, {"dataset": args.dataset, "steps": args.steps, "heldout_accuracy": acc,
                                      "train_minutes": round(minutes, 2)})
     print(f"{out}: held-out accuracy {acc} ({len(held_labels)} images), trained in {minutes:.1f} min")
 
@@ -244,7 +256,7 @@ def parse_index(text: str) -> slice:
 
 
 def add_inversion_parser(sub, name: str) -> None:
-    from minidiff import inversion
+    from minidiff import inversion, pipeline
 
     editing = name == "edit"
     p = sub.add_parser(name, help=("change the label of real images" if editing else
@@ -253,13 +265,13 @@ def add_inversion_parser(sub, name: str) -> None:
                        "DDIM inversion or null-class inversion at a guidance scale, then "
                        + ("sample them again with another label." if editing else "reconstruct them."))
     p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
-    p.add_argument("--image", type=Path, default=None, help="a PNG to invert (any size; grey or colour)")
+    p.add_argument("--image", type=Path, default=None, help="a PNG to invert (any size; made grey for a 1-channel model, kept in colour for a 3-channel one)")
     p.add_argument("--label", type=int, default=None, help="the class of --image")
     p.add_argument("--dataset", choices=data.DATASETS, default="mnist",
                    help="data set whose held-out images --index selects (default mnist)")
     p.add_argument("--index", type=parse_index, default=slice(0, 8), help="held-out images, e.g. 0:100")
     p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--method", choices=("ddim", "null"), default="null",
+    p.add_argument("--method", choices=pipeline.INVERSION_METHODS, default="null",
                    help="plain DDIM inversion or null-class inversion (default)")
     p.add_argument("--guidance", type=float, default=7.5, help="CFG scale w")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
@@ -277,18 +289,18 @@ def add_inversion_parser(sub, name: str) -> None:
 
 
 def run_inversion(args) -> None:
-    from minidiff import metrics, pipeline, plotting
+    from minidiff import metrics, models, pipeline, plotting
 
     if args.out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {args.out}")
-    model, meta = pipeline.load_model(args.ckpt)
+    model, meta = models.load_model(args.ckpt)
     cfg = model.config
     target = check_labels([args.to], cfg.num_classes, "--to")[0] if args.command == "edit" else None
     if args.image is not None:
         if args.label is None:
             raise ValueError("--image needs --label (the class of the picture)")
         labels = np.array(check_labels([args.label], cfg.num_classes, "--label"), np.int32)
-        images = data.load_image(args.image, cfg.image_size)[None]
+        images = data.load_image(args.image, cfg.image_size, cfg.in_channels)[None]
     else:
         _, (images, labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
         images, labels = images[args.index], labels[args.index]
@@ -300,7 +312,7 @@ def run_inversion(args) -> None:
     targets = None if target is None else np.full(len(labels), target, np.int32)
     x0 = data.to_model_range(images)
     result = pipeline.invert_and_edit(
-        model, pipeline.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
+        model, models.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
         steps=args.steps, targets=targets, keep_source_steps=getattr(args, "keep_source_steps", 0),
         inner_steps=args.inner_steps, lr=args.lr)
     psnr = metrics.psnr(x0, result["reconstructions"])
@@ -324,7 +336,7 @@ def add_bench_parser(sub) -> None:
                        epilog="minidiff adds an XLA:CPU flag on import that keeps convolutions on all "
                        "cores (minidiff/xla_flags.py); MINIDIFF_XLA_DEFAULTS=1 python -m minidiff bench "
                        "measures XLA's own defaults.")
-    p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")), default=None,
+    p.add_argument("--channels", type=parse_channels, default=None,
                    help="U-Net widths (default: the MNIST preset)")
     p.add_argument("--repeats", type=int, default=5,
                    help="rounds, each timing every measurement once (reported: medians over rounds)")
@@ -356,7 +368,7 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidiff", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="minidiff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)

@@ -123,6 +123,20 @@ def from_model_range(x):
     return np.round((x + 1.0) * 127.5).astype(np.uint8)
 
 
+def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
+    """The example indices of the batch at a given step: a function of (seed, step) alone.
+
+    Each epoch is a fresh permutation drawn from (seed, epoch); the last partial batch of an
+    epoch is dropped.
+    """
+    per_epoch = num_examples // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({num_examples})")
+    epoch, i = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return order[i * batch_size : (i + 1) * batch_size]
+
+
 # ----------------------------------------------------------------------------- finding files
 
 def cache_dir():
@@ -357,15 +371,19 @@ def load_train_and_heldout(name, data_dir=None, download=True, heldout=1000, ver
     return train, held
 
 
-def load_image(path, size: int) -> np.ndarray:
-    """A picture file (PNG) as one grey digit-style image (size, size, 1) uint8.
+def load_image(path, size: int, channels: int = 1) -> np.ndarray:
+    """A picture file (PNG) as one image (size, size, channels) uint8, ready for to_model_range.
 
-    Colour is averaged to grey, the picture is resized (bilinear) to size x size, and a
-    light background (mean above mid-grey) is inverted so strokes are light on dark, as in
-    MNIST. Raises DatasetError naming the file if it cannot be read as an image.
+    channels=1 (digits): colour is averaged to grey, the picture is resized (bilinear) to
+    size x size, and a light background (mean above mid-grey) is inverted so strokes are light
+    on dark, as in MNIST. channels=3 (CIFAR-10): the RGB colours are kept (a grey picture is
+    repeated into three channels) and only resized. Raises DatasetError naming the file if it
+    cannot be read as an image.
     """
     import matplotlib.image
 
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -374,14 +392,17 @@ def load_image(path, size: int) -> np.ndarray:
     except Exception as err:  # PIL raises several types for non-images
         raise DatasetError(f"{path}: cannot read as an image ({err})") from err
     if picture.ndim == 3:
-        picture = picture[..., :3].mean(axis=-1)  # drop alpha, average RGB to grey
-    if picture.ndim != 2 or min(picture.shape) < 2:
+        picture = picture[..., :3]  # drop alpha: (H, W, 3)
+        picture = picture.mean(axis=-1) if channels == 1 else picture
+    if picture.ndim == 2:
+        picture = picture[..., None] if channels == 1 else np.repeat(picture[..., None], 3, axis=-1)
+    if picture.ndim != 3 or min(picture.shape[:2]) < 2 or picture.shape[-1] != channels:
         raise DatasetError(f"{path}: expected a 2-D picture, got an array of shape {picture.shape}")
     if picture.max() > 1.0:  # 8-bit values rather than [0, 1] floats
         picture = picture / 255.0
     import jax.image
 
-    grey = np.asarray(jax.image.resize(picture, (size, size), "bilinear"))
-    if grey.mean() > 0.5:
-        grey = 1.0 - grey
-    return np.clip(np.round(grey * 255), 0, 255).astype(np.uint8)[..., None]
+    image = np.asarray(jax.image.resize(picture, (size, size, channels), "bilinear"))  # (size, size, C)
+    if channels == 1 and image.mean() > 0.5:
+        image = 1.0 - image
+    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)

@@ -5,9 +5,7 @@ Images are NHWC float32 in [-1, 1]; timesteps are int arrays of shape (B,) (or s
 indexing 0..T-1. Per-timestep coefficients are gathered with `per_example` and broadcast
 over the image dimensions: coefficient (B,) -> (B, 1, 1, 1).
 
-Paper symbols used in docstrings:
-    x0      x_0, a data sample           eps     epsilon ~ N(0, I)
-    x_t     the noisy sample at step t   abar_t  alpha_bar_t = alphas_cumprod[t]
+Notation (x0, x_t, eps, alpha_bar_t = alphas_cumprod[t], ...): docs/notation.md.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from minidiff.contracts import EpsFn
 from minidiff.schedules import Schedule
 
 
@@ -40,8 +39,8 @@ def alpha_bar(s: Schedule, t: jax.Array) -> jax.Array:
 
 def alpha_bar_pair(s: Schedule, t: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(alpha_bar_t, 1 - alpha_bar_t) broadcast against x, both accurate in float32."""
-    log_abar = broadcast_to_image(log_alpha_bar(s, t), x)
-    return jnp.exp(log_abar), -jnp.expm1(log_abar)
+    log_alpha_bar_t = broadcast_to_image(log_alpha_bar(s, t), x)
+    return jnp.exp(log_alpha_bar_t), -jnp.expm1(log_alpha_bar_t)
 
 
 def one_minus_alpha_ratio(s: Schedule, t: jax.Array, t_prev: jax.Array, x: jax.Array) -> jax.Array:
@@ -58,7 +57,7 @@ def broadcast_to_image(v: jax.Array, x: jax.Array) -> jax.Array:
 def q_sample(s: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
     """Sample q(x_t | x_0) in one step by reparameterisation (Ho et al. 2020, Eq. 4):
 
-        x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   eps ~ N(0, I).
+        x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   eps ~ N(0, I).
 
     Composing t Gaussian steps x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) z gives a Gaussian
     whose mean and variance are these, so no loop over steps is needed.
@@ -71,18 +70,18 @@ def q_sample(s: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Ar
 
 def predict_x0_from_eps(s: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
     """Invert q_sample for x_0 given the noise (Ho et al. 2020, Eq. 15; DDIM Eq. 12's
-    "predicted x_0"):  x0_pred = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t).
+    "predicted x_0"):  x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t).
 
     t may be -1 (x_t is already x_0), in which case x0_pred = x_t.
     """
-    abar, one_minus_abar = alpha_bar_pair(s, t, x_t)
-    return (x_t - jnp.sqrt(one_minus_abar) * eps) / jnp.sqrt(abar)
+    alpha_bar_t, one_minus_alpha_bar_t = alpha_bar_pair(s, t, x_t)
+    return (x_t - jnp.sqrt(one_minus_alpha_bar_t) * eps) / jnp.sqrt(alpha_bar_t)
 
 
 def predict_eps_from_x0(s: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
-    """The noise that maps x_0 to x_t: eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
-    abar, one_minus_abar = alpha_bar_pair(s, t, x_t)
-    return (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(one_minus_abar)
+    """The noise that maps x_0 to x_t: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
+    alpha_bar_t, one_minus_alpha_bar_t = alpha_bar_pair(s, t, x_t)
+    return (x_t - jnp.sqrt(alpha_bar_t) * x0) / jnp.sqrt(one_minus_alpha_bar_t)
 
 
 def q_posterior_mean_variance(
@@ -92,32 +91,32 @@ def q_posterior_mean_variance(
 
     With t_prev = t - 1 this is Ho et al. 2020, Eqs. 6-7:
 
-        mean = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0
-               + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
-        var  = beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t.
+        mean = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+               + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+        var  = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t.
 
     For a strided step t -> t_prev < t (as in DDIM's sub-sequences), the same formulas hold
-    with the effective beta = 1 - abar_t / abar_{t_prev} and alpha = abar_t / abar_{t_prev}.
-    t_prev = -1 means x_0 (abar = 1), where the posterior collapses onto x_0 (var = 0).
+    with the effective beta = 1 - alpha_bar_t / alpha_bar_{t_prev} and alpha = alpha_bar_t / alpha_bar_{t_prev}.
+    t_prev = -1 means x_0 (alpha_bar = 1), where the posterior collapses onto x_0 (var = 0).
     Returns mean (like x_t) and var broadcastable against it, (B, 1, 1, 1).
     """
     if t_prev is None:
         t_prev = jnp.asarray(t) - 1
-    abar_t, one_minus_abar_t = alpha_bar_pair(s, t, x_t)
-    abar_prev, one_minus_abar_prev = alpha_bar_pair(s, t_prev, x_t)
+    alpha_bar_t, one_minus_alpha_bar_t = alpha_bar_pair(s, t, x_t)
+    alpha_bar_prev, one_minus_alpha_bar_prev = alpha_bar_pair(s, t_prev, x_t)
     beta = one_minus_alpha_ratio(s, t, t_prev, x_t)  # beta_t, or 1 - prod of alphas over a stride
     mean = (
-        jnp.sqrt(abar_prev) * beta / one_minus_abar_t * x0
-        + jnp.sqrt(1.0 - beta) * one_minus_abar_prev / one_minus_abar_t * x_t
+        jnp.sqrt(alpha_bar_prev) * beta / one_minus_alpha_bar_t * x0
+        + jnp.sqrt(1.0 - beta) * one_minus_alpha_bar_prev / one_minus_alpha_bar_t * x_t
     )
-    var = one_minus_abar_prev / one_minus_abar_t * beta
+    var = one_minus_alpha_bar_prev / one_minus_alpha_bar_t * beta
     return mean, var
 
 
-def ddpm_loss(eps_fn, s: Schedule, x0: jax.Array, y: jax.Array | None, key: jax.Array) -> jax.Array:
+def ddpm_loss(eps_fn: EpsFn, s: Schedule, x0: jax.Array, y: jax.Array | None, key: jax.Array) -> jax.Array:
     """The simplified DDPM objective L_simple (Ho et al. 2020, Eq. 14 and Algorithm 1):
 
-        E_{t ~ U{0..T-1}, eps ~ N(0, I)} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2,
+        E_{t ~ U{0..T-1}, eps ~ N(0, I)} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2,
 
     averaged over pixels and the batch. eps_fn(x_t, t, y) is the noise predictor.
     """

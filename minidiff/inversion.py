@@ -1,7 +1,7 @@
-"""DDIM inversion, null-class inversion, and label-swap editing of real images.
+"""Null-class inversion, and label-swap editing of real images.
 
-DDIM inversion (`ddim_invert`, from minidiff.samplers) runs the deterministic DDIM ODE from an
-image x_0 up to x_T. Sampling back from that x_T with the same eps_fn reconstructs x_0 only
+DDIM inversion (`samplers.ddim_invert`) runs the deterministic DDIM ODE from an image x_0 up
+to x_T. Sampling back from that x_T with the same eps_fn reconstructs x_0 only
 as well as eps(x_t, t_next) approximates eps(x_{t_next}, t_next), and under strong classifier-free
 guidance each step's small error is multiplied by w, so reconstructions drift.
 
@@ -18,8 +18,9 @@ Null-class inversion is the class-label analogue of null-text inversion (Mokady 
     3. Guided DDIM from z*_T with the per-step embeddings e_t reconstructs x_0 almost exactly,
        and since the label still enters through eps_y, changing it edits the image.
 
-The networks here are called through `emb_eps_fn(x_t, t, emb)`, which takes a class-embedding
-vector (B, D) instead of a label; `minidiff.pipeline.unet_embedding_fns` makes one from the U-Net.
+The networks here are called through `emb_eps_fn(x_t, t, emb)` (contracts.EmbEpsFn), which
+takes a class-embedding vector (B, D) instead of a label; `minidiff.pipeline.unet_embedding_fns`
+makes one from the U-Net. Notation: docs/notation.md.
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import Partial
 
+from minidiff.contracts import EmbEpsFn, EpsFn
+from minidiff.guidance import cfg_combine, cfg_eps
 from minidiff.samplers import as_partial, check_timesteps, ddim_invert, ddim_step, step_pairs
 from minidiff.schedules import Schedule
 
 INNER_STEPS = 50  # defaults of null_class_inversion, see its docstring
 LR = 0.1
-
-__all__ = ["ddim_invert", "null_class_inversion", "NullInversion", "null_embedding_eps_fn",
-           "embedding_cfg_eps_fn"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,19 +53,11 @@ class NullInversion:
     pivot: jax.Array  # (n + 1, B, H, W, C): the w = 1 DDIM inversion trajectory, x_0 first
 
 
-def _cfg(emb_eps_fn, w, x_t, t, cond_emb, null_emb):
-    """eps_null + w (eps_cond - eps_null) with both branches in one batched network call."""
-    batch = x_t.shape[0]
-    eps = emb_eps_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
-                     jnp.concatenate([cond_emb, null_emb]))
-    return eps[batch:] + w * (eps[:batch] - eps[batch:])
-
-
 def _embedding_cfg_eps(emb_eps_fn, w, cond_emb, null_emb, x_t, t, y):
-    return _cfg(emb_eps_fn, w, x_t, t, cond_emb, jnp.broadcast_to(null_emb, cond_emb.shape))
+    return cfg_eps(emb_eps_fn, w, x_t, t, cond_emb, jnp.broadcast_to(null_emb, cond_emb.shape))
 
 
-def embedding_cfg_eps_fn(emb_eps_fn, w: float, cond_emb, null_emb):
+def embedding_cfg_eps_fn(emb_eps_fn: EmbEpsFn, w: float, cond_emb, null_emb) -> EpsFn:
     """Classifier-free guidance with fixed embeddings (B, D) instead of labels: an eps_fn for
     the samplers (its y argument is ignored). Plain DDIM inversion of real images uses this with
     the label's embedding and the learned null row, exactly as guidance.classifier_free does."""
@@ -83,8 +75,7 @@ def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, 
         eps_cond = emb_eps_fn(z, tb, cond_emb)  # fixed during the inner loop
 
         def step_with(e):
-            eps_null = emb_eps_fn(z, tb, e)
-            return ddim_step(s, z, eps_null + w * (eps_cond - eps_null), tb, tpb)
+            return ddim_step(s, z, cfg_combine(eps_cond, emb_eps_fn(z, tb, e), w), tb, tpb)
 
         def losses_of(e):  # per-example MSE to the pivot, (B,)
             return jnp.mean((step_with(e) - target).reshape(batch, -1) ** 2, axis=1)
@@ -119,31 +110,27 @@ def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, 
     return embs, losses, used
 
 
-def null_class_inversion(emb_eps_fn, s: Schedule, x0, timesteps, cond_emb, null_emb, w: float,
+def null_class_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb, null_emb, w: float,
                          inner_steps: int = INNER_STEPS, lr: float = LR) -> NullInversion:
     """Null-class inversion of images x0 (B, H, W, C) with label embeddings cond_emb (B, D).
 
     null_emb (D,) initialises every image's null embedding (the learned null row). Follows
-    Mokady et al. 2022: Adam with a learning rate decaying as (1 - i / 100) at outer step i,
-    early stop once the loss is below 1e-5 + 2e-5 i. Deviations, and why:
+    Mokady et al. 2022, Algorithm 1: Adam with a learning rate decaying as (1 - i / 100) at
+    outer step i, early stop once the loss is below 1e-5 + 2e-5 i. Deviations, and why
+    (the measurements behind them: docs/results.md, "Inversion"):
     - lr is relative to the scale of the embedding: Adam moves each entry by about its step
       size whatever the gradient's scale, so an absolute step (the paper's 1e-2, for Stable
       Diffusion's text embeddings) means something different for every model. Here Adam
       works on e / RMS(null_emb), so its steps are lr * RMS(null_emb) in embedding units.
-      The released MNIST model's null row has RMS 0.92, so the default 0.1 is an absolute
-      0.092. (An earlier model, whose null row had RMS 0.08, worked with an absolute 1e-2,
-      i.e. 0.12 relative; an absolute 1e-2 gives the released model only 24.8 dB at w = 7.5
-      on 8 held-out digits, an absolute 0.1 33 dB after at most 10 inner steps.)
-    - Up to inner_steps = 50 updates instead of 10: the released model is more label-
-      sensitive, and with 10 its w = 7.5 reconstructions stay at ~33 dB. With 50: 36.2 dB at
-      w = 7.5 on 8 held-out digits (~27 updates per step on average), 36.3 dB at w = 3 on 100
-      (9.9 on average; 15-19 early in the trajectory, 1-3 near the end).
+    - Up to inner_steps = 50 updates instead of 10: with 10, the released MNIST model's
+      reconstructions at w = 7.5 stop short of those with 50.
     - With a batch, each image stops on its own (its embedding is frozen once below the
       threshold) and the loop ends when all have stopped; the loss is checked before an
       update, not after.
     At w = 1 the guided eps is eps_cond alone and does not depend on the null embedding (its
     gradient is exactly zero), so no optimiser steps are taken: the result is plain DDIM
-    inversion, with the per-step losses still measured.
+    inversion, with the per-step losses still measured. Returns a NullInversion (shapes in its
+    fields).
     """
     emb_eps_fn = as_partial(emb_eps_fn)
     ts = check_timesteps(timesteps, s.num_timesteps)
@@ -170,11 +157,11 @@ def null_class_inversion(emb_eps_fn, s: Schedule, x0, timesteps, cond_emb, null_
 def _null_embedding_eps(emb_eps_fn, w, ts, null_embs, cond_embs, switch, x_t, t, y):
     i = jnp.argmax(ts == t[0])  # which sampling step this is
     cond = jnp.where(i < switch, cond_embs[0], cond_embs[1])  # source label first, then target
-    return _cfg(emb_eps_fn, w, x_t, t, cond, null_embs[i])
+    return cfg_eps(emb_eps_fn, w, x_t, t, cond, null_embs[i])
 
 
-def null_embedding_eps_fn(emb_eps_fn, w: float, timesteps, inversion: NullInversion, target_emb,
-                          source_emb=None, keep_source_steps: int = 0):
+def null_embedding_eps_fn(emb_eps_fn: EmbEpsFn, w: float, timesteps, inversion: NullInversion,
+                          target_emb, source_emb=None, keep_source_steps: int = 0) -> EpsFn:
     """Guided eps_fn that uses the optimised null embedding of each step.
 
     With target_emb = the source label's embedding, ddim_sample from inversion.x_T reconstructs

@@ -1,16 +1,15 @@
-"""The glue between a trained U-Net and the samplers: eps_fn, model files, sample generation.
+"""The glue between trained networks and the maths: eps_fn, log_prob_fn, sampling, inversion.
 
-The samplers take eps_fn(x_t, t, y); `unet_eps_fn` makes one from a U-Net by splitting the
-module into a static graph definition and its weights (as the flax gemma sampler does), and
-binding the weights with `jax.tree_util.Partial`, so they reach the jitted sampling loop as
-arguments rather than as compiled-in constants.
+The samplers take eps_fn(x_t, t, y) (minidiff/contracts.py); `unet_eps_fn` makes one from a
+U-Net by splitting the module into a static graph definition and its weights (as the flax gemma
+sampler does), and binding the weights with `jax.tree_util.Partial`, so they reach the jitted
+sampling loop as arguments rather than as compiled-in constants. `classifier_log_prob_fn` does
+the same for a noisy classifier. Model files (load_model, save_model) are in minidiff/models.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +17,13 @@ import numpy as np
 from flax import nnx
 from jax.tree_util import Partial
 
-from minidiff import checkpoint, guidance, inversion, samplers, schedules
-from minidiff.classifier import Classifier, ClassifierConfig
-from minidiff.unet import UNet, UNetConfig
+from minidiff import guidance, inversion, samplers, schedules
+from minidiff.classifier import Classifier
+from minidiff.contracts import EmbEpsFn, EpsFn, LogProbFn
+from minidiff.unet import UNet
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "mnist.npz"
+SAMPLERS = ("ddim", "ddpm")
+INVERSION_METHODS = ("ddim", "null")  # plain DDIM inversion; null-class inversion
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,65 +38,33 @@ def _apply(graphdef, with_embedding: bool = False):
     return apply
 
 
-def unet_eps_fn(model: UNet):
+def unet_eps_fn(model: UNet) -> EpsFn:
     """eps_fn(x_t, t, y) running the model, with its weights as traced arguments."""
     graphdef, params = nnx.split(model)
     return Partial(_apply(graphdef), params)
 
 
-def unet_embedding_fns(model: UNet):
+def unet_embedding_fns(model: UNet) -> tuple[EmbEpsFn, jax.Array]:
     """(emb_eps_fn(x_t, t, emb), class table (num_classes + 1, D)) for null-class inversion:
     the U-Net called with class-embedding vectors instead of labels."""
     graphdef, params = nnx.split(model)
     return Partial(_apply(graphdef, True), params), model.class_table.embedding[...]
 
 
-def build_model(config: UNetConfig, seed: int = 0) -> UNet:
-    """A freshly initialised U-Net."""
-    return UNet(config, rngs=nnx.Rngs(seed))
+def _log_prob(graphdef, params, x_t, t, y):
+    logits = nnx.merge(graphdef, params)(x_t, t)  # (B, num_classes)
+    return jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]  # (B,)
 
 
-# Model files hold one network: its weights, and under metadata[kind] the config to rebuild it.
-MODEL_KINDS = {"unet": (UNet, UNetConfig), "classifier": (Classifier, ClassifierConfig)}
+def classifier_log_prob_fn(classifier: Classifier) -> LogProbFn:
+    """log p(y | x_t, t) of a noisy classifier as log_prob_fn(x_t, t, y) -> (B,), for
+    guidance.classifier_guidance; its weights are traced arguments, as in unet_eps_fn."""
+    graphdef, params = nnx.split(classifier)
+    return Partial(functools.partial(_log_prob, graphdef), params)
 
 
-def _kind_of(model) -> str:
-    return next(kind for kind, (cls, _) in MODEL_KINDS.items() if isinstance(model, cls))
-
-
-def save_model(path, model, metadata: dict) -> None:
-    """Write a model file (a U-Net or a classifier) with the config that rebuilds it."""
-    meta = dict(metadata, kind=_kind_of(model), **{_kind_of(model): dataclasses.asdict(model.config)})
-    checkpoint.save_checkpoint(path, nnx.state(model), meta)
-
-
-def config_from_dict(config_cls, d: dict):
-    """Rebuild a frozen config dataclass from its JSON form (lists back to tuples)."""
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-def load_model(path=None, kind: str = "unet"):
-    """Load a model file -> (model, metadata). Default: the released MNIST U-Net."""
-    path = DEFAULT_CHECKPOINT if path is None else Path(path)
-    meta = checkpoint.read_metadata(path)
-    if meta.get("kind", "unet") != kind or kind not in meta:
-        raise checkpoint.CheckpointError(f"{path}: not a {kind} model file "
-                                         f"(it holds a {meta.get('kind', 'training state')})")
-    cls, config_cls = MODEL_KINDS[kind]
-    config = config_from_dict(config_cls, meta[kind])
-    graphdef, template = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
-    state, _ = checkpoint.load_checkpoint(path, template)
-    return nnx.merge(graphdef, state), meta
-
-
-def schedule_of(meta: dict) -> schedules.Schedule:
-    """The noise schedule a model was trained with (recorded in its metadata)."""
-    train = meta.get("train", {})
-    return schedules.make_schedule(train.get("schedule", "linear"), train.get("T", 1000))
-
-
-def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *, classifier=None,
-                  sampler: str = "ddim"):
+def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *,
+                  classifier: Classifier | None = None, sampler: str = "ddim") -> EpsFn:
     """The eps_fn that samples are drawn with.
 
     Without a classifier: classifier-free guidance at w = guidance_scale (w = 1 is the
@@ -109,11 +77,9 @@ def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *, 
         if not classifier.config.noised:
             raise ValueError("classifier guidance needs a noised (time-conditioned) classifier; "
                              "this one was trained on clean images only")
-        from minidiff.classifier import log_prob_fn
-
         guide = guidance.classifier_guidance_ddpm if sampler == "ddpm" else guidance.classifier_guidance
-        return guide(guidance.unconditional(eps_fn, model.null_class), log_prob_fn(classifier), s,
-                     guidance_scale)
+        return guide(guidance.unconditional(eps_fn, model.null_class), classifier_log_prob_fn(classifier),
+                     s, guidance_scale)
     if guidance_scale == 1.0:
         return eps_fn
     return guidance.classifier_free(eps_fn, guidance_scale, model.null_class)
@@ -136,8 +102,8 @@ def generate(
     if labels.ndim != 1 or bool(jnp.any((labels < 0) | (labels > cfg.num_classes))):
         raise ValueError(f"labels must be a 1-D array of ints in 0..{cfg.num_classes} "
                          f"({cfg.num_classes} = unconditional)")
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     eps_fn = guided_eps_fn(model, s, guidance_scale, classifier=classifier, sampler=sampler)
     key_T, key_steps = jax.random.split(key)
     x_T = jax.random.normal(key_T, (labels.shape[0], cfg.image_size, cfg.image_size, cfg.in_channels))
@@ -163,8 +129,8 @@ def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: s
     guidance) or "null" (null-class inversion, with inner_steps and lr as in
     inversion.null_class_inversion). Returns numpy arrays: reconstructions, and
     edits when targets are given, plus for "null" the inner optimiser steps used (n, B)."""
-    if method not in ("ddim", "null"):
-        raise ValueError(f"unknown method {method!r}; choose 'ddim' or 'null'")
+    if method not in INVERSION_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {INVERSION_METHODS}")
     labels = jnp.asarray(labels, jnp.int32)
     ts = samplers.make_timesteps(s.num_timesteps, steps)
     emb_fn, table = unet_embedding_fns(model)

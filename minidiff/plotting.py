@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import matplotlib
 
@@ -13,11 +12,7 @@ if "MPLBACKEND" not in os.environ:  # Jupyter kernels set it (inline figures); e
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def to_uint8(images) -> np.ndarray:
-    """Model-range images (N, H, W, C) in [-1, 1] -> uint8 (N, H, W, C), clipped."""
-    x = np.asarray(images, np.float32)
-    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from minidiff.data import from_model_range  # noqa: E402
 
 
 def image_grid(images, ncols: int, pad: int = 2) -> np.ndarray:
@@ -25,7 +20,7 @@ def image_grid(images, ncols: int, pad: int = 2) -> np.ndarray:
 
     Returns (rows * (H + pad) + pad, ncols * (W + pad) + pad, C); padding is white.
     """
-    x = to_uint8(images)
+    x = from_model_range(images)  # (N, H, W, C) uint8
     n, h, w, c = x.shape
     nrows = -(-n // ncols)
     grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
@@ -73,11 +68,6 @@ def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None)
     if title:
         fig.suptitle(title, fontsize=9, y=1 - 0.05 * top)
     return fig
-
-
-def save_curve(path, xs, ys, xlabel: str, ylabel: str, title: str | None = None, logy: bool = False) -> Path:
-    """Save one line plot (e.g. training loss against step) as PNG."""
-    return save_panels(path, {ylabel: {None: (xs, ys)}}, xlabel, title=title, logy=logy)
 
 
 def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx: bool = False,

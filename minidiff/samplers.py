@@ -4,16 +4,8 @@ Samplers never see the network. They take `eps_fn(x_t, t, y) -> eps`, with t and
 arrays of shape (B,), so the same code runs an analytic eps (tests, notebooks) or a trained
 U-Net (see `minidiff.guidance` for functions that wrap one eps_fn into another).
 
-Notation (DDIM: Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models"; the paper
-writes alpha_t for what DDPM calls alpha_bar_t):
-
-    code              paper (DDIM)              meaning
-    alpha_bar         alpha_t                   alphas_cumprod[t]
-    alpha_bar_prev    alpha_{t-1}               alphas_cumprod[t_prev], 1 when t_prev = -1
-    eps               eps_theta^(t)(x_t)        the predicted noise
-    x0_pred           f_theta^(t)(x_t)          "predicted x_0", Eq. 12 / Eq. 9
-    sigma             sigma_t(eta)              noise scale of the step, Eq. 16
-    eta               eta                       0: deterministic DDIM, 1: DDPM
+Notation: docs/notation.md. Beware that the DDIM paper (Song, Meng & Ermon 2021, "Denoising
+Diffusion Implicit Models") writes alpha_t for what DDPM and this code call alpha_bar_t.
 
 Timesteps are descending arrays of indices in 0..T-1, made by `make_timesteps`. A sampler
 walks the pairs (t_i, t_{i+1}) and finishes with (t_last, -1), where -1 stands for x_0.
@@ -33,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from minidiff.contracts import EpsFn
 from minidiff.diffusion import (
     alpha_bar_pair,
     broadcast_to_image,
@@ -40,7 +33,7 @@ from minidiff.diffusion import (
     predict_x0_from_eps,
     q_posterior_mean_variance,
 )
-from minidiff.schedules import Schedule
+from minidiff.schedules import Schedule, check_num_timesteps
 
 SPACINGS = ("leading", "trailing", "linspace")
 DDPM_VARIANCES = ("beta_tilde", "beta")
@@ -63,8 +56,7 @@ def make_timesteps(T: int, num_steps: int, spacing: str = "leading") -> np.ndarr
     "leading" (DDIM's and Stable Diffusion's default) never visits t = T-1; "trailing"
     always starts from the last, pure-noise timestep.
     """
-    if not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T!r}")
+    check_num_timesteps(T)
     if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be an integer in 1..T={T}, got {num_steps!r}")
     if spacing == "linspace":
@@ -97,6 +89,12 @@ def step_pairs(timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return timesteps, np.append(timesteps[1:], -1).astype(np.int32)
 
 
+def check_variance(variance: str) -> None:
+    """Raise ValueError unless variance names one of DDPM_VARIANCES."""
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {DDPM_VARIANCES}")
+
+
 # --------------------------------------------------------------------------- one step
 
 
@@ -123,16 +121,16 @@ def ddim_step(
     With clip_x0, x0_pred is clipped to [-1, 1] in step 1 (diffusers' clip_sample); eps
     is left as predicted, as diffusers does by default.
     """
-    _, one_minus_abar = alpha_bar_pair(s, t, x_t)
-    abar_prev, one_minus_abar_prev = alpha_bar_pair(s, t_prev, x_t)
+    _, one_minus_alpha_bar_t = alpha_bar_pair(s, t, x_t)
+    alpha_bar_prev, one_minus_alpha_bar_prev = alpha_bar_pair(s, t_prev, x_t)
     x0_pred = predict_x0_from_eps(s, x_t, t, eps)  # 1.
     if clip_x0:
         x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
     sigma = eta * jnp.sqrt(
-        one_minus_abar_prev / one_minus_abar * one_minus_alpha_ratio(s, t, t_prev, x_t)
+        one_minus_alpha_bar_prev / one_minus_alpha_bar_t * one_minus_alpha_ratio(s, t, t_prev, x_t)
     )  # 2.
-    dir_x_t = jnp.sqrt(jnp.maximum(one_minus_abar_prev - sigma**2, 0.0)) * eps  # 3.
-    x_prev = jnp.sqrt(abar_prev) * x0_pred + dir_x_t  # 4.
+    dir_x_t = jnp.sqrt(jnp.maximum(one_minus_alpha_bar_prev - sigma**2, 0.0)) * eps  # 3.
+    x_prev = jnp.sqrt(alpha_bar_prev) * x0_pred + dir_x_t  # 4.
     if noise is not None:
         x_prev = x_prev + sigma * noise
     return x_prev
@@ -160,8 +158,7 @@ def ddpm_step(
     t_prev defaults to t - 1; a strided step uses the effective beta = 1 - alpha_bar_t /
     alpha_bar_{t_prev}. The last step (t_prev = -1) adds no noise.
     """
-    if variance not in DDPM_VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {DDPM_VARIANCES}")
+    check_variance(variance)
     if t_prev is None:
         t_prev = jnp.asarray(t) - 1
     x0_pred = predict_x0_from_eps(s, x_t, t, eps)  # 1.
@@ -192,9 +189,9 @@ def ddim_inverse_step(
     there, so inversion assumes eps(x_t, t_next) ~ eps(x_{t_next}, t_next). That one
     approximation is the whole error of DDIM inversion; it shrinks as steps get smaller.
     """
-    abar_next, one_minus_abar_next = alpha_bar_pair(s, t_next, x_t)
+    alpha_bar_next, one_minus_alpha_bar_next = alpha_bar_pair(s, t_next, x_t)
     x0_pred = predict_x0_from_eps(s, x_t, t, eps)
-    return jnp.sqrt(abar_next) * x0_pred + jnp.sqrt(one_minus_abar_next) * eps
+    return jnp.sqrt(alpha_bar_next) * x0_pred + jnp.sqrt(one_minus_alpha_bar_next) * eps
 
 
 # --------------------------------------------------------------------------- whole loops
@@ -271,7 +268,7 @@ def _prepare(eps_fn, s: Schedule, x, timesteps, y):
 
 
 def ddim_sample(
-    eps_fn, s: Schedule, x_T, timesteps, eta: float = 0.0, key=None, y=None,
+    eps_fn: EpsFn, s: Schedule, x_T, timesteps, eta: float = 0.0, key=None, y=None,
     clip_x0: bool = False, return_trajectory: bool = False,
 ):
     """Generate x_0 from x_T with DDIM (Song et al. 2021, Eq. 12) over the given timesteps.
@@ -293,7 +290,7 @@ def ddim_sample(
 
 
 def ddpm_sample(
-    eps_fn, s: Schedule, x_T, key, y=None, timesteps=None, variance: str = "beta_tilde",
+    eps_fn: EpsFn, s: Schedule, x_T, key, y=None, timesteps=None, variance: str = "beta_tilde",
     clip_x0: bool = False, return_trajectory: bool = False,
 ):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2), by default over all T steps.
@@ -304,8 +301,7 @@ def ddpm_sample(
     """
     if key is None:
         raise ValueError("ddpm_sample needs a key: every step draws fresh noise")
-    if variance not in DDPM_VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {DDPM_VARIANCES}")
+    check_variance(variance)
     timesteps = np.arange(s.num_timesteps)[::-1] if timesteps is None else timesteps
     fn, ts, y = _prepare(eps_fn, s, x_T, timesteps, y)
     keys = jax.random.split(key, len(ts))
@@ -314,7 +310,7 @@ def ddpm_sample(
                       return_trajectory)
 
 
-def ddim_invert(eps_fn, s: Schedule, x0, timesteps, y=None, return_trajectory: bool = False):
+def ddim_invert(eps_fn: EpsFn, s: Schedule, x0, timesteps, y=None, return_trajectory: bool = False):
     """DDIM inversion: run the deterministic DDIM ODE from data x_0 up to x_T.
 
     Walks exactly the (t, t_prev) pairs that `ddim_sample` walks for these timesteps, in

@@ -4,8 +4,9 @@ A schedule is computed once, in float64 NumPy, then cast to float32 and frozen i
 `Schedule`, an immutable container of arrays that every pure function takes explicitly
 (guided-diffusion's GaussianDiffusion without the class).
 
-Notation (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Sec. 2), with
-timesteps indexed 0..T-1 so that index t is the paper's t+1:
+Notation (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", Sec. 2; the whole
+code-to-paper table is docs/notation.md), with timesteps indexed 0..T-1 so that index t is
+the paper's t+1:
 
     betas[t]                 beta_t                    variance added at step t
     alphas[t]                alpha_t = 1 - beta_t
@@ -82,14 +83,15 @@ def schedule_from_betas(betas) -> Schedule:
     )
 
 
-def _check_num_timesteps(T: int) -> None:
+def check_num_timesteps(T: int) -> None:
+    """Raise ValueError unless T (a number of diffusion steps) is a positive integer."""
     if not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T must be a positive integer, got {T!r}")
 
 
 def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """The DDPM schedule: betas rise linearly from beta_start to beta_end (Ho et al. 2020, Sec. 4)."""
-    _check_num_timesteps(T)
+    check_num_timesteps(T)
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(
             f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
@@ -104,7 +106,7 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped to max_beta to avoid the
     singularity at t = T.
     """
-    _check_num_timesteps(T)
+    check_num_timesteps(T)
     f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
     betas = [min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)]
     return schedule_from_betas(betas)

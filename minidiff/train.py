@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from minidiff import checkpoint, data, diffusion, pipeline, plotting, schedules
+from minidiff import checkpoint, data, diffusion, models, pipeline, plotting, schedules
 from minidiff.unet import UNetConfig, count_params
 
 
@@ -41,6 +41,8 @@ LR_SCHEDULES = ("cosine", "constant")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Every training setting; a run directory refuses to resume under different ones (see bookkeeping)."""
+
     dataset: str = "mnist"  # one of data.DATASETS
     steps: int = 1600  # optimiser steps in total (a resumed run continues to this)
     batch_size: int = 128  # global batch, split over devices
@@ -99,7 +101,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 def init_state(unet_cfg: UNetConfig, cfg: TrainConfig):
     """(graphdef, state): state = {params, ema, opt_state, step}, a pytree of arrays."""
-    graphdef, params = nnx.split(pipeline.build_model(unet_cfg, cfg.seed))
+    graphdef, params = nnx.split(models.build_model(unet_cfg, cfg.seed))
     state = {
         "params": params,
         "ema": jax.tree.map(jnp.copy, params),
@@ -125,20 +127,6 @@ def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: Train
     decay = jnp.minimum(cfg.ema_decay, (1.0 + state["step"]) / (10.0 + state["step"]))
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], params)
     return {"params": params, "ema": ema, "opt_state": opt_state, "step": state["step"] + 1}, loss
-
-
-def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> np.ndarray:
-    """The example indices of the batch at a given step: a function of (seed, step) alone.
-
-    Each epoch is a fresh permutation drawn from (seed, epoch); the last partial batch of an
-    epoch is dropped.
-    """
-    per_epoch = num_examples // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({num_examples})")
-    epoch, i = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    return order[i * batch_size : (i + 1) * batch_size]
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -188,7 +176,7 @@ class Trainer:
         """Full state to ckpt.npz and the EMA weights to model.npz, each atomically."""
         meta = self._metadata()
         checkpoint.save_checkpoint(self.ckpt_path, self.state, dict(meta, kind="train_state"))
-        pipeline.save_model(self.run_dir / "model.npz", self.ema_model(), meta)
+        models.save_model(self.run_dir / "model.npz", self.ema_model(), meta)
 
     def _check_same_run(self, meta: dict) -> None:
         free = self.cfg.bookkeeping
@@ -199,9 +187,11 @@ class Trainer:
                              f"use another run directory or the same settings (only {', '.join(free)} may change)")
 
     def ema_model(self):
+        """The EMA weights as a U-Net (what model.npz holds and samples are drawn with)."""
         return nnx.merge(self.graphdef, jax.device_get(self.state["ema"]))
 
     def sample_grid(self, path, per_label: int = 4, guidance_scale: float = 3.0) -> None:
+        """A DDIM-25 grid of the EMA model, per_label samples of each class, written to path."""
         labels = pipeline.label_grid(self.unet_cfg.num_classes, per_label)
         images = pipeline.generate(self.ema_model(), self.schedule, labels, jax.random.PRNGKey(0),
                                    steps=25, guidance_scale=guidance_scale)
@@ -216,7 +206,7 @@ class Trainer:
         pending, since = [], time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
         for step in range(self.step, cfg.steps):
-            idx = batch_indices(step, len(self.images), cfg.batch_size, cfg.seed)
+            idx = data.batch_indices(step, len(self.images), cfg.batch_size, cfg.seed)
             x0 = jax.device_put(self.images[idx], self.batch_sharding)  # (B, H, W, C)
             y = jax.device_put(self.labels[idx], self.batch_sharding)  # (B,)
             self.state, loss = train_step(
@@ -250,7 +240,7 @@ class Trainer:
             if save_ckpt:
                 self.save()
             if snapshot:
-                pipeline.save_model(self.run_dir / "snapshots" / f"model_{done:06d}.npz",
+                models.save_model(self.run_dir / "snapshots" / f"model_{done:06d}.npz",
                                     self.ema_model(), self._metadata())
             if grid:
                 self.sample_grid(self.run_dir / f"samples_{done:06d}.png")
@@ -266,5 +256,6 @@ def device_description() -> str:
 
 
 def describe(unet_cfg: UNetConfig) -> str:
-    model = nnx.eval_shape(lambda: pipeline.build_model(unet_cfg))  # shapes only, no init work
+    """One line for the log: the U-Net's widths, parameter count and device count."""
+    model = nnx.eval_shape(lambda: models.build_model(unet_cfg))  # shapes only, no init work
     return f"U-Net {unet_cfg.channels}, {count_params(model):,} parameters, {jax.device_count()} device(s)"

@@ -10,32 +10,31 @@ guided-diffusion (Dhariwal & Nichol 2021), scaled down to run on a laptop CPU:
       -> up path, per level l:    num_res_blocks x ResBlock(concat[h, skip]), then upsample
       -> GroupNorm, SiLU, conv3x3 -> eps (B, H, W, C)
 
-Sized for CPU speed: a 3x3 convolution runs ~2x faster per FLOP at 7x7 with 128 channels than
-at 28x28 with 16-32 on XLA:CPU (~180 vs 75-85 GFLOP/s on 2 cores), so the presets keep few
-channels at full resolution and many at the bottom, and the up path has one ResBlock per skip
-(DDPM's extra up block per level cost ~40% more time). Which convolution kernel XLA uses is set
-on import by minidiff/xla_flags.py.
+Sized for a laptop CPU: few channels at full resolution and many at the lowest one, and one
+up ResBlock per skip (DDPM has one more per level); docs/speed.md has the measurements behind
+these choices. The blocks (ResBlock, AttentionBlock, ...) live in minidiff/layers.py.
 
 Every ResBlock receives the sum of a timestep embedding and a class embedding. The class
 table has num_classes + 1 rows: row `num_classes` is the learned *null class* used for
-classifier-free guidance (Ho & Salimans 2022). `__call__` also accepts a class embedding
+classifier-free guidance (Ho & Salimans 2021). `__call__` also accepts a class embedding
 vector directly (`class_emb`), which null-class inversion optimises by gradient descent.
-
-All 3x3 convolutions go through `Conv3x3`, the single place to swap in a faster kernel.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from minidiff.layers import AttentionBlock, Conv3x3, GroupNorm, ResBlock, Upsample, timestep_embedding
+
 
 @dataclass(frozen=True)
 class UNetConfig:
+    """The U-Net's shape: one field per choice, checked on construction (ValueError names the field)."""
+
     image_size: int = 28  # input height = width, in pixels
     in_channels: int = 1  # image channels (1 for MNIST, 3 for CIFAR-10); also output channels
     channels: tuple[int, ...] = (16, 48, 128)  # feature width per resolution level, full res first
@@ -80,11 +79,8 @@ class UNetConfig:
 
     @classmethod
     def mnist(cls) -> "UNetConfig":
-        """28x28x1 digits (MNIST, Fashion-MNIST): 28 -> 14 -> 7, about 1.6M parameters.
-
-        Chosen by timing on a 2-core CPU: (32, 64, 128) cost ~1.5x the training-step time for
-        little gain, and 24 or 48 channels at 28x28 hit a slow XLA weight-gradient kernel.
-        """
+        """28x28x1 images (MNIST, Fashion-MNIST): 28 -> 14 -> 7, about 1.65M parameters.
+        The widths were chosen by timing on a 2-core CPU (docs/speed.md)."""
         return cls(image_size=28, in_channels=1, channels=(16, 48, 128), num_res_blocks=1)
 
     @classmethod
@@ -92,123 +88,6 @@ class UNetConfig:
         """32x32x3 images (CIFAR-10): 32 -> 16 -> 8, about 11.6M parameters (meant for a GPU)."""
         return cls(image_size=32, in_channels=3, channels=(64, 128, 256), num_res_blocks=2,
                    emb_dim=256)
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """Sinusoidal embedding of integer timesteps, (B,) -> (B, dim).
-
-    The Transformer's positional encoding (Vaswani et al. 2017, Sec. 3.5), used for diffusion
-    timesteps by DDPM (Ho et al. 2020, Appendix B). With half = dim // 2 and
-    freq_i = max_period ** (-i / half) for i = 0..half-1:
-
-        emb(t) = [sin(t * freq_0), ..., sin(t * freq_{half-1}),
-                  cos(t * freq_0), ..., cos(t * freq_{half-1})]
-
-    so t = 0 maps to half zeros followed by half ones.
-    """
-    if dim % 2:
-        raise ValueError(f"dim={dim} must be even")
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # (half,)
-    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]  # (B, half)
-    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)  # (B, dim)
-
-
-class GroupNorm(nnx.Module):
-    """Group normalisation (Wu & He 2018): normalise each sample over (H, W, C/G) per group.
-
-        mu_g = mean of x over (H, W, channels of group g),  var_g = E[x^2] - mu_g^2
-        y = scale * (x - mu_g) / sqrt(var_g + eps) + bias
-
-    Same maths as nnx.GroupNorm, computed as per-channel moments pooled into groups, which XLA
-    differentiates 2-3x faster on CPU than a reduction over a (B, H*W, G, C/G) view.
-    """
-
-    def __init__(self, num_features: int, num_groups: int, *, eps: float = 1e-6):
-        self.num_groups, self.eps = num_groups, eps
-        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        B, H, W, C = x.shape
-        G = self.num_groups
-        mean = jnp.mean(x, axis=(1, 2)).reshape(B, G, C // G).mean(-1)  # (B, G)
-        mean_sq = jnp.mean(jnp.square(x), axis=(1, 2)).reshape(B, G, C // G).mean(-1)  # (B, G)
-        inv_std = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.eps)  # (B, G)
-        a = jnp.repeat(inv_std, C // G, axis=1) * self.scale[...]  # (B, C), so that y = a x + b
-        b = self.bias[...] - jnp.repeat(mean, C // G, axis=1) * a  # (B, C)
-        return x * a[:, None, None, :] + b[:, None, None, :]  # (B, H, W, C)
-
-
-class Conv3x3(nnx.Module):
-    """3x3 convolution with 'SAME' padding, NHWC. The one home of every 3x3 conv in the U-Net.
-
-    strides=2 halves the resolution (downsampling). zero_init=True starts the kernel at zero.
-    """
-
-    def __init__(self, in_features: int, out_features: int, *, strides: int = 1,
-                 zero_init: bool = False, rngs: nnx.Rngs):
-        extra = {"kernel_init": nnx.initializers.zeros_init()} if zero_init else {}
-        self.conv = nnx.Conv(in_features, out_features, kernel_size=(3, 3),
-                             strides=(strides, strides), padding="SAME", rngs=rngs, **extra)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.conv(x)  # (B, H, W, C_in) -> (B, H / strides, W / strides, C_out)
-
-
-class ResBlock(nnx.Module):
-    """GroupNorm, SiLU, conv3x3, + projected embedding, GroupNorm, SiLU, conv3x3, + skip.
-
-    The residual block of DDPM (Ho et al. 2020) after Wide ResNets; the skip path is a 1x1
-    convolution when the channel count changes.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, num_groups: int, *, rngs: nnx.Rngs):
-        self.norm1 = GroupNorm(in_ch, num_groups)
-        self.conv1 = Conv3x3(in_ch, out_ch, rngs=rngs)
-        self.emb_proj = nnx.Linear(emb_dim, out_ch, rngs=rngs)
-        self.norm2 = GroupNorm(out_ch, num_groups)
-        self.conv2 = Conv3x3(out_ch, out_ch, rngs=rngs)
-        # 1x1 convolution on the skip path, written as a Linear on the channel axis (same maths,
-        # but XLA runs it as a plain matmul, which is several times faster on CPU).
-        self.skip = nnx.Linear(in_ch, out_ch, rngs=rngs) if in_ch != out_ch else None
-
-    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
-        # x: (B, H, W, C_in); emb: (B, emb_dim), already passed through SiLU.
-        h = self.conv1(nnx.silu(self.norm1(x)))  # (B, H, W, C_out)
-        h = h + self.emb_proj(emb)[:, None, None, :]  # broadcast (B, 1, 1, C_out)
-        h = self.conv2(nnx.silu(self.norm2(h)))  # (B, H, W, C_out)
-        return h + (x if self.skip is None else self.skip(x))
-
-
-class AttentionBlock(nnx.Module):
-    """Residual multi-head self-attention over the H*W positions (DDPM's 16x16 attention)."""
-
-    def __init__(self, ch: int, num_heads: int, num_groups: int, *, rngs: nnx.Rngs):
-        self.norm = GroupNorm(ch, num_groups)
-        self.attn = nnx.MultiHeadAttention(num_heads=num_heads, in_features=ch, decode=False,
-                                           keep_rngs=False, rngs=rngs)  # no dropout
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        B, H, W, C = x.shape
-        h = self.norm(x).reshape(B, H * W, C)  # (B, H*W, C): one token per pixel
-        h = self.attn(h, deterministic=True)  # (B, H*W, C)
-        return x + h.reshape(B, H, W, C)
-
-
-class Upsample(nnx.Module):
-    """x2 upsampling: a 3x3 convolution at the low resolution, then nearest-neighbour repeat.
-
-    DDPM upsamples first and convolves at the high resolution; convolving first costs 4x
-    fewer FLOPs, and the next ResBlock's convolutions smooth the 2x2 blocks.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, *, rngs: nnx.Rngs):
-        self.conv = Conv3x3(in_ch, out_ch, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(x)  # (B, H, W, C_out)
-        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # (B, 2H, 2W, C_out)
 
 
 class UNet(nnx.Module):

@@ -1,26 +1,23 @@
 """XLA:CPU settings for speed, put into XLA_FLAGS when minidiff is imported.
 
-jaxlib 0.10 hands convolutions on CPU to YNNPACK, which ran the U-Net's 3x3 convolutions with
-fewer than ~96 input or output channels on one core of two: 70-90 GFLOP/s against a ~180 GFLOP/s
-matmul, the same speed as when the process is pinned to one core. XLA's own (Eigen) convolution
-uses every core and runs those from 14x14 down at 145-190 GFLOP/s (the 28x28 ones with 16-32
-channels stay at 70-85 either way). So minidiff keeps YNNPACK for matmuls and reductions and
-takes convolutions away from it:
+jaxlib 0.10 hands convolutions on CPU to YNNPACK, which ran the U-Net's narrow 3x3 convolutions
+(fewer than ~96 input or output channels) on one core only; XLA's own (Eigen) convolution uses
+every core. So minidiff keeps YNNPACK for matmuls and reductions and takes convolutions away
+from it:
 
     --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
 
-On the 2-core CPU this project is developed on, that made the MNIST U-Net's forward pass and its
-training step ~1.3x faster (`python -m minidiff bench`, three runs of each setting alternated:
-658 vs 511 images/s, 0.73 vs 0.94 s per step; README "Speed"), with results equal to float32
-round-off (tests/test_xla_flags.py).
+The measurements (per-convolution GFLOP/s, the bench before and after) are in docs/speed.md;
+tests/test_xla_flags.py checks that both kernels give the same eps and gradients to float32
+round-off.
 
 XLA reads XLA_FLAGS once, when JAX starts its backend, so this only works if minidiff is
 imported before the first JAX computation; otherwise a warning says so. The flag is
 experimental and XLA aborts the process on a flag it does not know, so it is only added for
 the jaxlib versions in JAXLIB_VERSIONS: 0.10.2, where it was measured, and the 0.11 series,
-which has the flag with the same '-name' syntax (a JAX issue report uses '=-reduce' with jaxlib
-0.11.0) but was not run here. It is left out when the user's XLA_FLAGS already sets it, or when
-MINIDIFF_XLA_DEFAULTS=1 (to measure XLA's own defaults).
+which has the flag with the same '-name' syntax but was not measured here. It is left out when
+the user's XLA_FLAGS already sets it, or when MINIDIFF_XLA_DEFAULTS=1 (XLA's own defaults).
+On a GPU or TPU the flag has no effect (it concerns XLA:CPU only).
 """
 
 from __future__ import annotations

@@ -1,5 +1,31 @@
-"""Shared test settings: float32 everywhere, CPU only."""
+"""Shared test settings: float32 everywhere, CPU only; and the two tiers.
+
+`python -m pytest tests` runs the fast tier (about 3 minutes on 2 CPU cores). Tests marked
+`@pytest.mark.slow` (executing notebooks and assignments, large-sample statistics, kill -9 and
+resume, hundreds of training steps, the command line end to end) run only with `--slow`;
+`--slow -m slow` runs the slow tier alone.
+"""
 
 import os
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the slow tier (tests marked slow); with -m slow, only it")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the slow tier, run only with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -11,18 +11,18 @@ MIXTURE = analytic.gaussian_mixture([[[0.5], [-0.5]], [[-0.3], [0.8]]], [0.3, 0.
 
 def log_density(x_t, t, y=None):
     """log p(x_t) (or log p(x_t | y)) written directly from the Gaussian densities."""
-    abar = float(S.alphas_cumprod[t])
-    var = abar * MIXTURE.stds**2 + 1 - abar
+    alpha_bar_t = float(S.alphas_cumprod[t])
+    var = alpha_bar_t * MIXTURE.stds**2 + 1 - alpha_bar_t
     d = x_t.size
     terms = (jnp.log(MIXTURE.weights)
-             - jnp.sum((x_t - jnp.sqrt(abar) * MIXTURE.means) ** 2, axis=(1, 2)) / (2 * var)
+             - jnp.sum((x_t - jnp.sqrt(alpha_bar_t) * MIXTURE.means) ** 2, axis=(1, 2)) / (2 * var)
              - d / 2 * jnp.log(2 * jnp.pi * var))
     return jax.nn.logsumexp(terms) if y is None else terms[y] - jnp.log(MIXTURE.weights[y])
 
 
 @pytest.mark.parametrize("t", [0, 100, 999])
 def test_eps_is_minus_sigma_times_the_score(t):
-    """Tweedie: eps(x_t) = -sqrt(1 - abar_t) grad log p(x_t), checked with autodiff."""
+    """Tweedie: eps(x_t) = -sqrt(1 - alpha_bar_t) grad log p(x_t), checked with autodiff."""
     eps_fn = analytic.mixture_eps_fn(S, MIXTURE)
     x = jax.random.normal(jax.random.PRNGKey(t), (3, 2, 1))
     tt = jnp.full((3,), t)

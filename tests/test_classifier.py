@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import classifier, data, guidance, pipeline
+from minidiff import classifier, classifier_train, data, evaluation, guidance, models, pipeline
 from tests.helpers import data_dir
 
 TINY = dict(channels=(8, 16, 16), emb_dim=16, num_groups=4, feature_dim=32)
@@ -22,7 +22,7 @@ def test_shapes_and_time_conditioning():
 
 def test_log_prob_fn_is_the_log_softmax_and_its_gradient_matches_finite_differences():
     model = classifier.Classifier(classifier.ClassifierConfig(noised=True, **TINY), rngs=nnx.Rngs(1))
-    log_prob = classifier.log_prob_fn(model)
+    log_prob = pipeline.classifier_log_prob_fn(model)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
     t, y = jnp.array([100, 600]), jnp.array([3, 7])
     expected = jax.nn.log_softmax(model(x, t))[jnp.arange(2), y]
@@ -36,7 +36,7 @@ def test_log_prob_fn_is_the_log_softmax_and_its_gradient_matches_finite_differen
 
 def test_random_shift_moves_pixels_by_at_most_the_shift():
     x = jnp.full((64, 9, 9, 1), -1.0).at[:, 4, 4, 0].set(1.0)  # one white pixel on black (-1)
-    shifted = classifier.random_shift(jax.random.PRNGKey(0), x, max_shift=2)
+    shifted = classifier_train.random_shift(jax.random.PRNGKey(0), x, max_shift=2)
     rows, cols = np.nonzero(np.asarray(shifted[..., 0]).max(axis=0) > 0)
     assert rows.min() >= 2 and rows.max() <= 6 and cols.min() >= 2 and cols.max() <= 6
     assert np.all((np.asarray(shifted) == 1.0).sum(axis=(1, 2, 3)) == 1)  # nothing lost or added
@@ -51,12 +51,12 @@ def test_training_reaches_high_accuracy_on_digits(tmp_path):
     images, labels = data.load_split("mnist", "test", root, download=False)
     x = data.to_model_range(images)
     cfg = classifier.ClassifierConfig(**TINY)
-    model = classifier.train_classifier(cfg, x[:2000], labels[:2000], steps=200, batch_size=64, lr=3e-3, progress=False)
-    acc = classifier.evaluate(model, x[-500:], labels[-500:])["clean"]
+    model = classifier_train.train_classifier(cfg, x[:2000], labels[:2000], steps=200, batch_size=64, lr=3e-3, progress=False)
+    acc = classifier_train.evaluate(model, x[-500:], labels[-500:])["clean"]
     assert acc > 0.85, acc  # chance is 0.1; measured 0.93
-    pipeline.save_model(tmp_path / "c.npz", model, {})
-    loaded, meta = pipeline.load_model(tmp_path / "c.npz", kind="classifier")
+    models.save_model(tmp_path / "c.npz", model, {})
+    loaded, meta = models.load_model(tmp_path / "c.npz", kind="classifier")
     assert meta["kind"] == "classifier"
-    np.testing.assert_allclose(classifier.predict(loaded, x[-8:])[0], classifier.predict(model, x[-8:])[0], atol=1e-5)
+    np.testing.assert_allclose(evaluation.predict(loaded, x[-8:])[0], evaluation.predict(model, x[-8:])[0], atol=1e-5)
     with pytest.raises(Exception, match="not a unet model file"):
-        pipeline.load_model(tmp_path / "c.npz")
+        models.load_model(tmp_path / "c.npz")

@@ -19,8 +19,8 @@ def test_q_sample_matches_running_the_markov_chain(t):
         z = jax.random.normal(keys[i], x.shape)
         x = jnp.sqrt(S.alphas[i]) * x + jnp.sqrt(S.betas[i]) * z
     one_step = diffusion.q_sample(S, x0, jnp.full((n,), t), jax.random.normal(jax.random.PRNGKey(99), x0.shape))
-    abar = float(S.alphas_cumprod[t])
-    mean, var = np.sqrt(abar) * 0.7, 1 - abar
+    alpha_bar_t = float(S.alphas_cumprod[t])
+    mean, var = np.sqrt(alpha_bar_t) * 0.7, 1 - alpha_bar_t
     for samples in (x, one_step):
         se_mean, se_var = np.sqrt(var / n), var * np.sqrt(2 / (n - 1))
         assert abs(float(samples.mean()) - mean) < 5 * se_mean
@@ -33,8 +33,8 @@ def test_predict_x0_from_eps_inverts_q_sample():
     t = jnp.array([0, 10, 500, 999])
     x_t = diffusion.q_sample(S, x0, t, eps)
     x0_back = jax.jit(diffusion.predict_x0_from_eps, static_argnums=())(S, x_t, t, eps)
-    np.testing.assert_allclose(x0_back, x0, atol=2e-3)  # 1 / sqrt(abar_999) ~ 157 amplifies round-off
-    # At t = 0, 1 / sqrt(1 - abar_0) = 100 amplifies float32 round-off likewise.
+    np.testing.assert_allclose(x0_back, x0, atol=2e-3)  # 1 / sqrt(alpha_bar_999) ~ 157 amplifies round-off
+    # At t = 0, 1 / sqrt(1 - alpha_bar_0) = 100 amplifies float32 round-off likewise.
     np.testing.assert_allclose(diffusion.predict_eps_from_x0(S, x_t, t, x0), eps, atol=1e-3)
 
 
@@ -43,8 +43,8 @@ def test_posterior_matches_bayes_rule_on_a_grid(t):
     """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0), normalised numerically."""
     x0, x_t = 0.3, -0.4
     betas = np.linspace(1e-4, 0.02, 1000)  # float64, independent of the Schedule
-    beta, abar_prev = betas[t], np.prod(1 - betas[:t])
-    prior_mean, prior_var = np.sqrt(abar_prev) * x0, 1 - abar_prev
+    beta, alpha_bar_prev = betas[t], np.prod(1 - betas[:t])
+    prior_mean, prior_var = np.sqrt(alpha_bar_prev) * x0, 1 - alpha_bar_prev
     # A grid fine enough for the posterior standard deviation sqrt(beta_tilde_t).
     sd = np.sqrt(beta * prior_var / (beta + (1 - beta) * prior_var))
     centre = (prior_mean / prior_var + np.sqrt(1 - beta) * x_t / beta) * sd**2
@@ -70,26 +70,26 @@ def test_posterior_at_t0_collapses_onto_x0():
 def test_strided_posterior_matches_composed_steps():
     """q(x_s | x_t, x_0) for s < t-1 from the effective beta equals Bayes with the true chain."""
     t, t_prev = 600, 400
-    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-    abar_t, abar_p = abar[t], abar[t_prev]
+    alpha_bar_t = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    alpha_bar_t, alpha_bar_p = alpha_bar_t[t], alpha_bar_t[t_prev]
     x0, x_t = 0.5, 0.1
     # Joint Gaussian of (x_s, x_t) given x_0: condition x_s on x_t.
-    cov_st = np.sqrt(abar_t / abar_p) * (1 - abar_p)
-    mean = np.sqrt(abar_p) * x0 + cov_st / (1 - abar_t) * (x_t - np.sqrt(abar_t) * x0)
-    var = (1 - abar_p) - cov_st**2 / (1 - abar_t)
+    cov_st = np.sqrt(alpha_bar_t / alpha_bar_p) * (1 - alpha_bar_p)
+    mean = np.sqrt(alpha_bar_p) * x0 + cov_st / (1 - alpha_bar_t) * (x_t - np.sqrt(alpha_bar_t) * x0)
+    var = (1 - alpha_bar_p) - cov_st**2 / (1 - alpha_bar_t)
     m, v = diffusion.q_posterior_mean_variance(S, jnp.array([x0]), jnp.array([x_t]), jnp.array([t]), jnp.array([t_prev]))
     np.testing.assert_allclose([float(m[0]), float(v[0])], [mean, var], rtol=1e-4)
 
 
 def test_ddpm_loss_of_the_exact_eps_is_the_bayes_error():
-    """For Gaussian data N(mu, s^2), the best eps has loss E_t[abar s^2 / (abar s^2 + 1 - abar)]."""
+    """For Gaussian data N(mu, s^2), the best eps has loss E_t[alpha_bar_t s^2 / (alpha_bar_t s^2 + 1 - alpha_bar_t)]."""
     std = 0.5
     mixture = analytic.gaussian(jnp.full((4, 4, 1), 0.3), std)
     x0, _ = analytic.sample_data(mixture, jax.random.PRNGKey(0), 20_000)
     eps_fn = analytic.mixture_eps_fn(S, mixture)
     loss = float(jax.jit(diffusion.ddpm_loss, static_argnums=0)(eps_fn, S, x0, None, jax.random.PRNGKey(1)))
-    abar = np.asarray(S.alphas_cumprod, np.float64)
-    expected = np.mean(abar * std**2 / (abar * std**2 + 1 - abar))
+    alpha_bar_t = np.asarray(S.alphas_cumprod, np.float64)
+    expected = np.mean(alpha_bar_t * std**2 / (alpha_bar_t * std**2 + 1 - alpha_bar_t))
     # Monte Carlo over t (20k draws): per-example loss lies in [0, ~1], so SE < 0.5 / sqrt(20k).
     assert abs(loss - expected) < 5 * 0.5 / np.sqrt(20_000), (loss, expected)
     zero_loss = float(diffusion.ddpm_loss(lambda x, t, y: jnp.zeros_like(x), S, x0, None, jax.random.PRNGKey(1)))

@@ -6,7 +6,7 @@ import json
 import pytest
 from flax import nnx
 
-from minidiff import classifier, data, experiments, inversion, train
+from minidiff import classifier, data, evaluation, experiments, inversion, train
 from minidiff.experiments.__main__ import main
 from tests.helpers import TINY_UNET, data_dir
 
@@ -15,7 +15,7 @@ from tests.helpers import TINY_UNET, data_dir
 def setup():
     if data_dir() is None:
         pytest.skip("MNIST files not available")
-    return experiments.load_setup(data_dir=data_dir())
+    return evaluation.load_setup(data_dir=data_dir())
 
 
 def test_inversion_experiment(setup, tmp_path):

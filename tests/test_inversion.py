@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from minidiff import inversion, metrics, pipeline, samplers, schedules
+from minidiff import inversion, metrics, models, pipeline, samplers, schedules
 from tests.helpers import TINY_UNET
 
 S = schedules.linear_schedule(1000)
@@ -15,7 +15,7 @@ W = 7.5
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny U-Net whose output layer is randomised, so eps depends on x, t and the class."""
-    model = pipeline.build_model(TINY_UNET, seed=0)
+    model = models.build_model(TINY_UNET, seed=0)
     kernel = model.conv_out.conv.kernel
     kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), kernel.shape)
     emb_fn, table = pipeline.unet_embedding_fns(model)

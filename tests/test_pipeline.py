@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import classifier, guidance, pipeline, schedules
+from minidiff import classifier, guidance, models, pipeline, schedules
 from tests.helpers import TINY_UNET
 
 S = schedules.linear_schedule(1000)
@@ -18,7 +18,7 @@ TINY_CLASSIFIER = classifier.ClassifierConfig(channels=(8, 16, 16), emb_dim=16, 
 
 @pytest.fixture(scope="module")
 def model():
-    m = pipeline.build_model(TINY_UNET, seed=0)
+    m = models.build_model(TINY_UNET, seed=0)
     kernel = m.conv_out.conv.kernel  # zero-initialised: randomise it so eps depends on x, t, y
     kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), kernel.shape)
     return m

@@ -17,13 +17,13 @@ def test_linear_schedule_matches_ddpm_paper():
 def test_derived_arrays_are_consistent():
     s = schedules.linear_schedule(1000)
     betas = np.asarray(s.betas, np.float64)
-    abar = np.cumprod(1 - betas)
+    alpha_bar_t = np.cumprod(1 - betas)
     np.testing.assert_allclose(s.alphas, 1 - betas, rtol=1e-6)
-    np.testing.assert_allclose(s.alphas_cumprod, abar, rtol=1e-5)
+    np.testing.assert_allclose(s.alphas_cumprod, alpha_bar_t, rtol=1e-5)
     np.testing.assert_allclose(s.alphas_cumprod_prev[0], 1.0)
     np.testing.assert_allclose(s.alphas_cumprod_prev[1:], s.alphas_cumprod[:-1])
-    np.testing.assert_allclose(np.asarray(s.sqrt_alphas_cumprod) ** 2, abar, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(s.sqrt_one_minus_alphas_cumprod) ** 2, 1 - abar, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.sqrt_alphas_cumprod) ** 2, alpha_bar_t, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.sqrt_one_minus_alphas_cumprod) ** 2, 1 - alpha_bar_t, rtol=1e-5)
     # Hand value: alpha_bar at the last step of the DDPM schedule is ~4.04e-5.
     np.testing.assert_allclose(float(s.alphas_cumprod[-1]), 4.0358e-5, rtol=1e-3)
     assert float(s.posterior_variance[0]) == 0.0

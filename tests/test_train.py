@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import checkpoint, data, pipeline, train
+from minidiff import checkpoint, data, models, train
 from tests.helpers import REPO, TINY_UNET, data_dir
 
 # A training run in a child process, on fixed random images, so it can be killed and resumed.
 RUNNER = """
 import json, sys
 import numpy as np
-from minidiff import pipeline, train
+from minidiff import models, train
 from minidiff.unet import UNetConfig
-tiny = pipeline.config_from_dict(UNetConfig, json.loads(sys.argv[3]))
+tiny = models.config_from_dict(UNetConfig, json.loads(sys.argv[3]))
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8)
 labels = rng.integers(0, 10, 256)
@@ -50,12 +50,12 @@ def final_params(run_dir):
 
 
 def test_batch_order_is_a_function_of_seed_and_step():
-    a = [train.batch_indices(k, 100, 10, seed=3) for k in range(10)]  # one epoch
+    a = [data.batch_indices(k, 100, 10, seed=3) for k in range(10)]  # one epoch
     assert sorted(np.concatenate(a).tolist()) == list(range(100))
-    np.testing.assert_array_equal(train.batch_indices(4, 100, 10, seed=3), a[4])
-    assert not np.array_equal(train.batch_indices(10, 100, 10, seed=3), a[0])  # next epoch reshuffles
+    np.testing.assert_array_equal(data.batch_indices(4, 100, 10, seed=3), a[4])
+    assert not np.array_equal(data.batch_indices(10, 100, 10, seed=3), a[0])  # next epoch reshuffles
     with pytest.raises(ValueError, match="larger than the dataset"):
-        train.batch_indices(0, 5, 10, seed=0)
+        data.batch_indices(0, 5, 10, seed=0)
 
 
 def test_sigkill_and_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_path):
@@ -135,9 +135,9 @@ def test_snapshots_keep_the_ema_weights_of_their_step(tmp_path, mnist_subset):
     tiny_trainer(tmp_path, *mnist_subset, steps=4, snapshot_every=2, lr_schedule="constant").run(progress=False)
     snaps = sorted((tmp_path / "snapshots").glob("model_*.npz"))
     assert [p.name for p in snaps] == ["model_000002.npz", "model_000004.npz"]
-    (_, first), (last_model, last) = (pipeline.load_model(p) for p in snaps)
+    (_, first), (last_model, last) = (models.load_model(p) for p in snaps)
     assert (first["step"], last["step"]) == (2, 4) and 0 < first["elapsed"] <= last["elapsed"]
-    final, _ = pipeline.load_model(tmp_path / "model.npz")
+    final, _ = models.load_model(tmp_path / "model.npz")
     for a, b in zip(jax.tree.leaves(nnx.state(last_model)), jax.tree.leaves(nnx.state(final))):
         np.testing.assert_array_equal(a, b)
     # bookkeeping settings may change on resume; the run goes on

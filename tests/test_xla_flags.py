@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import pipeline, xla_flags
+from minidiff import models, xla_flags
 
 NAME = xla_flags.FLAG.split("=")[0][2:]  # the DebugOptions field, without the leading "--"
 # XLA's default for that field in the checked jaxlib versions: YNNPACK also runs convolutions.
@@ -71,7 +71,7 @@ def test_convolutions_are_compiled_without_ynnpack():
 
 @in_effect
 def test_released_unet_gives_the_same_eps_and_gradients_with_either_convolution():
-    model, _ = pipeline.load_model()
+    model, _ = models.load_model()
     graphdef, params = nnx.split(model)
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (8, 28, 28, 1))

@@ -6,14 +6,14 @@
     python -m minidiff.experiments inversion           # DDIM vs null-class inversion, edits
     python -m minidiff.experiments time-to-quality --run runs/mnist   # accuracy vs training time
 
-Each has --help; sample counts are flags, so a GPU run can scale them up.
+Each has --help; sample counts are flags, so a GPU run can scale them up. Each takes an
+evaluation.Setup (evaluation.load_setup: the model, its schedule, the judge, held-out data).
 """
 
-from minidiff.experiments.common import Setup, load_setup
 from minidiff.experiments.inversion import inversion_experiment
 from minidiff.experiments.reconstruction import reconstruction_table
 from minidiff.experiments.sampling import guidance_sweep, plot_guidance, sampler_table
 from minidiff.experiments.time_to_quality import time_to_quality
 
-__all__ = ["Setup", "guidance_sweep", "inversion_experiment", "load_setup", "plot_guidance",
+__all__ = ["guidance_sweep", "inversion_experiment", "plot_guidance",
            "reconstruction_table", "sampler_table", "time_to_quality"]

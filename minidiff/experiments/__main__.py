@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minidiff import experiments, pipeline
+from minidiff import evaluation, experiments, models
 from minidiff.experiments.common import RESULTS_DIR
 
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        setup = experiments.load_setup(args.ckpt, args.judge, args.data_dir)
+        setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
         out = args.out_dir
         if args.experiment == "sampler-table":
             experiments.sampler_table(setup, out, per_label=args.per_label, steps=args.steps, etas=args.etas,
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
         elif args.experiment == "reconstruction":
             experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps)
         elif args.experiment == "guidance":
-            noisy, _ = pipeline.load_model(
-                args.classifier or pipeline.CHECKPOINT_DIR / f"{setup.dataset}_classifier_noisy.npz", kind="classifier")
+            noisy, _ = models.load_model(
+                args.classifier or models.CHECKPOINT_DIR / f"{setup.dataset}_classifier_noisy.npz", kind="classifier")
             cfg = experiments.guidance_sweep(setup, out, args.cfg_scales, per_label=args.per_label)
             clf = experiments.guidance_sweep(setup, out, args.classifier_scales, per_label=args.per_label,
                                              classifier=noisy)

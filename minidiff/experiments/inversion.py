@@ -16,12 +16,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from minidiff import classifier, inversion, metrics, pipeline, plotting
-from minidiff.experiments.common import Setup, log_row, save_json
+from minidiff import evaluation, inversion, metrics, pipeline, plotting
+from minidiff.evaluation import Setup
+from minidiff.experiments.common import log_row, save_json
 
 
 def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3.0, 7.5), steps: int = 50,
                          keep_source_steps: int = 5, batch: int = 50) -> dict:
+    """Plain DDIM vs null-class inversion of the first `num` held-out images at each guidance
+    scale, with edits to label + 1; rows are added to out_dir/inversion.json as they finish."""
     model, s = setup.model, setup.schedule
     x0, labels = setup.heldout[:num], setup.heldout_labels[:num]
     targets = (labels + 1) % model.config.num_classes
@@ -30,7 +33,7 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
               "null_inner_steps_max": inversion.INNER_STEPS, "null_lr_relative": inversion.LR, "rows": []}
     result = _earlier_result(out_dir, result, guidance)
     for w in guidance:
-        for method in ("ddim", "null"):
+        for method in pipeline.INVERSION_METHODS:
             start, outs = time.perf_counter(), []
             for i in range(0, len(x0), batch):
                 sl = slice(i, i + batch)
@@ -42,7 +45,7 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
             psnr = metrics.psnr(x0, out["reconstructions"])
             row = {"guidance": w, "method": method, "psnr_mean": float(psnr.mean()),
                    "psnr_min": float(psnr.min()), "seconds_per_image": round(seconds / len(x0), 3),
-                   "edit_accuracy": metrics.accuracy(classifier.predict(setup.judge, out["edits"])[0], targets),
+                   "edit_accuracy": metrics.accuracy(evaluation.predict(setup.judge, out["edits"])[0], targets),
                    "edit_psnr_to_source": float(metrics.psnr(x0, out["edits"]).mean())}
             if method == "null":
                 row["inner_steps_mean"] = float(out["inner_steps"].mean())
@@ -63,7 +66,7 @@ def inversion_experiment(setup: Setup, out_dir, num: int = 100, guidance=(1.0, 3
             for i in range(0, len(x0), batch)])
         result["random_target_samples"] = {
             "guidance": max(guidance), "psnr_to_source": float(metrics.psnr(x0, randoms).mean()),
-            "accuracy": metrics.accuracy(classifier.predict(setup.judge, randoms)[0], targets)}
+            "accuracy": metrics.accuracy(evaluation.predict(setup.judge, randoms)[0], targets)}
         log_row(result["random_target_samples"])
     save_json(out_dir, "inversion", result)
     return result

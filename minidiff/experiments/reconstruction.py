@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from minidiff import metrics, pipeline, plotting, samplers
-from minidiff.experiments.common import Setup, log_row, save_json
+from minidiff.evaluation import Setup
+from minidiff.experiments.common import log_row, save_json
 
 
 def reconstruction_table(setup: Setup, out_dir, num: int = 64, steps=(10, 20, 50, 100, 1000)) -> dict:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from minidiff import evaluation, plotting
-from minidiff.experiments.common import Setup, log_row, per_class_grid, save_json
+from minidiff.evaluation import Setup
+from minidiff.experiments.common import log_row, per_class_grid, save_json
 
 SIGMA_HAT = "sigma-hat"  # the DDIM paper's eta-hat row: ancestral steps with variance beta
 GUIDANCE_NAMES = {"cfg": "classifier-free guidance (w)",

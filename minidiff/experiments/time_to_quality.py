@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minidiff import evaluation, pipeline, plotting
-from minidiff.experiments.common import Setup, log_row, save_json
+from minidiff import evaluation, models, plotting
+from minidiff.evaluation import Setup
+from minidiff.experiments.common import log_row, save_json
 
 
 def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_label: int = 10,
@@ -24,7 +25,7 @@ def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_
               "num_classes": setup.model.config.num_classes, "scales": list(scales), "target": target,
               "rows": []}
     for path in snapshots:
-        model, meta = pipeline.load_model(path)
+        model, meta = models.load_model(path)
         row = {"step": meta["step"], "minutes": round(meta["elapsed"] / 60, 2)}
         result.setdefault("device", meta.get("device", "not recorded"))
         for w in scales:

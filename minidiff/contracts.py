@@ -1,0 +1,41 @@
+"""The function types the maths passes around, with their shapes.
+
+Samplers, guidance and inversion never see a network: they take one of these functions. The
+U-Net becomes one in minidiff/pipeline.py, the exact Gaussian-mixture model in
+minidiff/analytic.py, and a test can write its own in one line. Any callable with the right
+signature is accepted; the library wraps it in `jax.tree_util.Partial` so that the arrays
+it closes over (network weights, guidance scales) reach jitted loops as arguments.
+
+Shapes: x_t (B, H, W, C) float32 (or (B, D) for vector data), t (B,) int32 timestep indices
+0..T-1, y (B,) int32 labels (the null class included), emb (B, E) float32 class embeddings.
+Notation: docs/notation.md.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import jax
+
+
+class EpsFn(Protocol):
+    """eps_theta(x_t, t, y) -> eps (B, H, W, C): the predicted noise in x_t (Ho et al. 2020, Eq. 14).
+
+    y may be None for an unconditional model."""
+
+    def __call__(self, x_t: jax.Array, t: jax.Array, y: jax.Array | None) -> jax.Array: ...
+
+
+class LogProbFn(Protocol):
+    """log p(y | x_t, t) -> (B,): a noisy classifier's log-probability of label y
+    (Dhariwal & Nichol 2021, Sec. 4), differentiated with respect to x_t by classifier guidance."""
+
+    def __call__(self, x_t: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array: ...
+
+
+class EmbEpsFn(Protocol):
+    """eps_theta(x_t, t, emb) -> eps (B, H, W, C): the noise predictor conditioned on a class
+    embedding vector emb (B, E) instead of a label, so that null-class inversion can optimise
+    the embedding (Mokady et al. 2022, Algorithm 1)."""
+
+    def __call__(self, x_t: jax.Array, t: jax.Array, emb: jax.Array) -> jax.Array: ...
