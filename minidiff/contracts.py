@@ -7,7 +7,7 @@ signature is accepted; the library wraps it in `jax.tree_util.Partial` so that t
 it closes over (network weights, guidance scales) reach jitted loops as arguments.
 
 Shapes: x_t (B, H, W, C) float32 (or (B, D) for vector data), t (B,) int32 timestep indices
-0..T-1, y (B,) int32 labels (the null class included), emb (B, E) float32 class embeddings.
+0..T-1, y (B,) int32 labels (the null class included), emb (B, D) float32 class embeddings.
 Notation: docs/notation.md.
 """
 
@@ -35,7 +35,7 @@ class LogProbFn(Protocol):
 
 class EmbEpsFn(Protocol):
     """eps_theta(x_t, t, emb) -> eps (B, H, W, C): the noise predictor conditioned on a class
-    embedding vector emb (B, E) instead of a label, so that null-class inversion can optimise
+    embedding vector emb (B, D) instead of a label, so that null-class inversion can optimise
     the embedding (Mokady et al. 2022, Algorithm 1)."""
 
     def __call__(self, x_t: jax.Array, t: jax.Array, emb: jax.Array) -> jax.Array: ...

@@ -41,7 +41,7 @@ def cfg_combine(eps_cond: jax.Array, eps_null: jax.Array, w) -> jax.Array:
 
 def cfg_eps(fn, w, x_t: jax.Array, t: jax.Array, cond: jax.Array, null: jax.Array) -> jax.Array:
     """Guided eps from one network call on the doubled batch: rows 0..B-1 conditioned on cond,
-    rows B..2B-1 on null. cond and null are labels (B,) for an EpsFn, or class embeddings (B, E)
+    rows B..2B-1 on null. cond and null are labels (B,) for an EpsFn, or class embeddings (B, D)
     for an EmbEpsFn; returns (B, H, W, C)."""
     batch = x_t.shape[0]
     eps = fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([cond, null]))

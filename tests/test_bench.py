@@ -1,10 +1,13 @@
 import jax
 import jax.numpy as jnp
 
+import pytest
+
 from minidiff import bench
 from tests.helpers import TINY_UNET
 
 
+@pytest.mark.slow
 def test_bench_reports_consistent_numbers_on_a_tiny_model():
     r = bench.run_bench(TINY_UNET, forward_batch=8, sample_batch=4, train_batch=8, repeats=1)
     assert r["parameters"] > 0 and r["device"].startswith("cpu")

@@ -44,6 +44,7 @@ def test_random_shift_moves_pixels_by_at_most_the_shift():
     assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # the shifts do vary
 
 
+@pytest.mark.slow
 def test_training_reaches_high_accuracy_on_digits(tmp_path):
     root = data_dir()
     if root is None:

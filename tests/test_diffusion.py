@@ -8,6 +8,7 @@ from minidiff import analytic, diffusion, schedules
 S = schedules.linear_schedule(1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t", [0, 9, 300, 999])
 def test_q_sample_matches_running_the_markov_chain(t):
     """x_t from one reparameterised step has the law of t+1 single Gaussian steps."""

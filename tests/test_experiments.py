@@ -18,6 +18,7 @@ def setup():
     return evaluation.load_setup(data_dir=data_dir())
 
 
+@pytest.mark.slow
 def test_inversion_experiment(setup, tmp_path):
     result = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0, 7.5), steps=4,
                                               keep_source_steps=1, batch=2)
@@ -41,6 +42,7 @@ def test_inversion_experiment(setup, tmp_path):
     assert [r["guidance"] for r in other["rows"]] == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_sampler_table(setup, tmp_path):
     result = experiments.sampler_table(setup, tmp_path, per_label=2, steps=(2, 4), etas=(0.0, 1.0))
     assert [(r["steps"], r["eta"]) for r in result["rows"]] == [
@@ -57,6 +59,7 @@ def test_reconstruction_error_falls_with_steps(setup, tmp_path):
     assert (tmp_path / "reconstruction.png").exists()
 
 
+@pytest.mark.slow
 def test_guidance_sweeps(setup, tmp_path):
     noisy = classifier.Classifier(classifier.ClassifierConfig(noised=True), rngs=nnx.Rngs(0))
     cfg = experiments.guidance_sweep(setup, tmp_path, (0.0, 3.0), per_label=1, steps=4)
@@ -69,6 +72,7 @@ def test_guidance_sweeps(setup, tmp_path):
         assert (tmp_path / name).exists()
 
 
+@pytest.mark.slow
 def test_time_to_quality_scores_every_snapshot(setup, tmp_path):
     images, labels = data.load_split("mnist", "test", data_dir(), download=False)
     cfg = train.TrainConfig(steps=2, batch_size=16, log_every=1, ckpt_every=2, sample_every=0, snapshot_every=1)

@@ -78,6 +78,7 @@ def test_bad_input(tiny):
         inversion.null_class_inversion(emb_fn, S, x0, TS, table[y], 0 * table[10], W)
 
 
+@pytest.mark.slow
 def test_lr_is_relative_so_rescaling_the_embeddings_changes_nothing(tiny):
     """A model that reads its embedding as e / c, given embeddings scaled by c, is the same
     model; with lr relative to the null row's RMS, the optimisation is the same too."""

@@ -24,6 +24,7 @@ def test_there_are_five_walkthroughs_and_three_assignments():
     assert len(NOTEBOOKS) == 5 and len(SOLUTIONS) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path):
     from nbclient import NotebookClient
@@ -60,6 +61,7 @@ def test_student_source_removes_answers_and_hidden_tests():
     assert "    raise NotImplementedError" in student  # indented like the answer it replaces
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_passes_and_student_version_fails(solution, tmp_path):
     passed = assignments.grade(solution, solution, cwd=REPO / "notebooks")

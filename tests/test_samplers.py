@@ -146,6 +146,7 @@ def gaussian_eps_fn():
     return analytic.mixture_eps_fn(S, analytic.gaussian([DATA_MEAN], DATA_STD))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_50_steps_samples_its_exact_law(gaussian_eps_fn, eta):
     ts = samplers.make_timesteps(1000, 50)
@@ -157,6 +158,7 @@ def test_ddim_50_steps_samples_its_exact_law(gaussian_eps_fn, eta):
     assert abs(m - DATA_MEAN) < 0.01 and abs(np.sqrt(v) - DATA_STD) < 0.12 * DATA_STD
 
 
+@pytest.mark.slow
 def test_ddpm_1000_steps_samples_the_data(gaussian_eps_fn):
     x_T = jax.random.normal(jax.random.PRNGKey(0), (N, 1))
     x = samplers.ddpm_sample(gaussian_eps_fn, S, x_T, jax.random.PRNGKey(2))
@@ -165,6 +167,7 @@ def test_ddpm_1000_steps_samples_the_data(gaussian_eps_fn):
     assert abs(m - DATA_MEAN) < 1e-3 and abs(np.sqrt(v) - DATA_STD) < 0.01 * DATA_STD
 
 
+@pytest.mark.slow
 def test_sigma_hat_ddpm_variant_samples_its_exact_law(gaussian_eps_fn):
     ts = samplers.make_timesteps(1000, 50)
     x_T = jax.random.normal(jax.random.PRNGKey(0), (N, 1))

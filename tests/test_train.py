@@ -58,6 +58,7 @@ def test_batch_order_is_a_function_of_seed_and_step():
         data.batch_indices(0, 5, 10, seed=0)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_path):
     steps = 40
     run_child(tmp_path / "straight", steps)
@@ -82,6 +83,7 @@ def test_sigkill_and_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_p
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_four_host_devices_give_the_one_device_losses(tmp_path):
     one = run_child(tmp_path / "one", 4)
     four = run_child(tmp_path / "four", 4, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
@@ -103,12 +105,14 @@ def mnist_subset():
     return images[:1024], labels[:1024]
 
 
+@pytest.mark.slow
 def test_a_few_hundred_steps_lower_the_loss(tmp_path, mnist_subset):
     records = tiny_trainer(tmp_path, *mnist_subset, steps=300).run(progress=False)
     first, last = records[0]["loss"], records[-1]["loss"]
     assert last < 0.6 * first, (first, last)  # ~1.0 at init (eps = 0) down to ~0.1-0.2
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mnist_subset):
     images, labels = mnist_subset
     # constant lr: the run is extended from 50 to 100 steps, which cosine decay would refuse
@@ -131,6 +135,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, mnist_subset):
         tiny_trainer(tmp_path / "b", np.zeros((64, 32, 32, 3), np.uint8), np.zeros(64), steps=2)
 
 
+@pytest.mark.slow
 def test_snapshots_keep_the_ema_weights_of_their_step(tmp_path, mnist_subset):
     tiny_trainer(tmp_path, *mnist_subset, steps=4, snapshot_every=2, lr_schedule="constant").run(progress=False)
     snaps = sorted((tmp_path / "snapshots").glob("model_*.npz"))

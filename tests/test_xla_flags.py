@@ -69,6 +69,7 @@ def test_convolutions_are_compiled_without_ynnpack():
     assert "ynn_fusion" in jax.jit(_conv, compiler_options=YNN_CONVOLUTIONS).lower(x, w).compile().as_text()
 
 
+@pytest.mark.slow
 @in_effect
 def test_released_unet_gives_the_same_eps_and_gradients_with_either_convolution():
     model, _ = models.load_model()
