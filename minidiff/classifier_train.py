@@ -9,6 +9,7 @@ order of U-Net training (data.batch_indices).
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -57,6 +58,9 @@ def train_classifier(config: ClassifierConfig, images, labels, *, steps: int = 2
 
     A noised classifier sees q_sample'd images under `schedule` (default: the linear DDPM one,
     that of the released U-Nets); it must be the schedule of the U-Net it will guide."""
+    if steps < 1 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"need steps >= 1, batch_size >= 1 and a positive, finite lr; got "
+                         f"steps={steps}, batch_size={batch_size}, lr={lr}")
     s = schedule if schedule is not None else schedules.linear_schedule()
     graphdef, params = nnx.split(Classifier(config, rngs=nnx.Rngs(seed)))
     optimizer = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
@@ -72,6 +76,9 @@ def train_classifier(config: ClassifierConfig, images, labels, *, steps: int = 2
                                               noised=config.noised)
         if step % 100 == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}")
+    if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params)):
+        raise ValueError(f"classifier training diverged: its weights are NaN or infinite after {steps} "
+                         f"steps at lr {lr} (final loss {float(loss)}); try a smaller lr")
     return nnx.merge(graphdef, params)
 
 

@@ -14,32 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff import data
+from minidiff import arguments, data
+from minidiff.files import atomic_write, check_output_path, json_ready, write_json
 
-
-def parse_labels(text: str) -> list[int]:
-    """'0..9' -> [0, ..., 9]; '3,5,7' -> [3, 5, 7]; '4' -> [4]."""
-    try:
-        if ".." in text:
-            lo, hi = text.split("..")
-            return list(range(int(lo), int(hi) + 1))
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"labels must look like '0..9' or '1,4,7', got {text!r}")
-
-
-def parse_channels(text: str) -> tuple[int, ...]:
-    """'16,48,128' -> (16, 48, 128): the U-Net's width per resolution level."""
-    try:
-        channels = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"channels must look like '16,48,128', got {text!r}")
-    if any(c < 1 for c in channels):
-        raise argparse.ArgumentTypeError(f"channels must be positive, got {text!r}")
-    return channels
+# TrainConfig fields that are flags, with the type that validates each
+TRAIN_FLAGS = {"steps": arguments.positive_int, "batch_size": arguments.positive_int,
+               "lr": arguments.positive_float, "warmup_steps": arguments.nonnegative_int,
+               "weight_decay": arguments.nonnegative_float, "grad_clip": arguments.positive_float,
+               "ema_decay": arguments.decay, "p_uncond": arguments.probability, "seed": arguments.seed,
+               "log_every": arguments.positive_int, "ckpt_every": arguments.positive_int,
+               "sample_every": arguments.nonnegative_int, "snapshot_every": arguments.nonnegative_int}
 
 
 def check_labels(labels: list[int], num_classes: int, what: str) -> list[int]:
+    """labels, if every one is a class of the model; else a ValueError naming the flag."""
     bad = [v for v in labels if not 0 <= v < num_classes]
     if bad:
         raise ValueError(f"{what} {bad} out of range: this model knows classes 0..{num_classes - 1}")
@@ -54,16 +42,14 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/DATASET)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files "
                    "(else $MINIDIFF_DATA_DIR, the cache, then download)")
-    p.add_argument("--channels", type=parse_channels, default=None,
+    p.add_argument("--channels", type=arguments.channels, default=None,
                    help="U-Net widths per level, e.g. 32,64,128 (default: the dataset's preset)")
     from minidiff import schedules, train
     defaults = train.TrainConfig()
-    for name in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip",
-                 "ema_decay", "p_uncond", "seed", "log_every", "ckpt_every", "sample_every",
-                 "snapshot_every"):
+    for name, kind in TRAIN_FLAGS.items():
         value = getattr(defaults, name)
-        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
-                       help=f"(default {value})")
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=value,
+                       help=f"{kind.__name__} (default {value})")
     p.add_argument("--lr-schedule", choices=train.LR_SCHEDULES, default=defaults.lr_schedule,
                    help="after warm-up: cosine decay to 0 at --steps, or constant "
                    f"(default {defaults.lr_schedule})")
@@ -99,10 +85,12 @@ def add_sample_parser(sub) -> None:
                        "Without --ckpt, uses the released MNIST model.")
     p.add_argument("--ckpt", type=Path, default=None, help="model file (default: data/checkpoints/mnist.npz)")
     add_sampling_arguments(p)
-    p.add_argument("--labels", type=parse_labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes)")
-    p.add_argument("--per-label", type=int, default=10, help="samples per label (one grid row each)")
+    p.add_argument("--labels", type=arguments.labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes)")
+    p.add_argument("--per-label", type=arguments.positive_int, default=10, help="samples per label (one grid row each)")
     p.add_argument("--clip-x0", action="store_true", help="clip predicted x0 to [-1, 1] at each step")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=250,
+                   help="samples drawn at once (memory; default %(default)s)")
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help=".png for a picture grid, .npz for the raw images in [-1, 1] and labels")
 
@@ -112,23 +100,29 @@ def add_sampling_arguments(p) -> None:
     from minidiff import pipeline, samplers
 
     p.add_argument("--sampler", choices=pipeline.SAMPLERS, default="ddim")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: DDIM 50, DDPM all T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--steps", type=arguments.positive_int, default=None,
+                   help="sampling steps (default: DDIM 50, DDPM all T)")
+    p.add_argument("--eta", type=arguments.nonnegative_float, default=0.0,
+                   help="DDIM eta: 0 deterministic, 1 DDPM-like")
     p.add_argument("--variance", choices=samplers.DDPM_VARIANCES, default="beta_tilde",
                    help="DDPM step variance; 'beta' with --steps is the DDIM paper's sigma-hat sampler")
     p.add_argument("--spacing", choices=samplers.SPACINGS, default="leading")
-    p.add_argument("--guidance", type=float, default=3.0,
+    p.add_argument("--guidance", type=arguments.finite_float, default=3.0,
                    help="CFG scale w (1: conditional, 0: unconditional); with --classifier, the "
                         "classifier-guidance scale on the unconditional model")
     p.add_argument("--classifier", type=Path, default=None,
                    help="noised classifier file: use classifier guidance instead of CFG")
 
 
-def sampling_kwargs(args) -> dict:
-    """generate() keyword arguments from the options of add_sampling_arguments."""
+def sampling_kwargs(args, dataset: str | None) -> dict:
+    """generate() keyword arguments from the options of add_sampling_arguments, for a model of
+    `dataset` (a --classifier trained on another data set is refused)."""
     from minidiff import models
 
-    clf = None if args.classifier is None else models.load_model(args.classifier, kind="classifier")[0]
+    clf = None
+    if args.classifier is not None:
+        clf, clf_meta = models.load_model(args.classifier, kind="classifier")
+        models.check_same_dataset(dataset, clf_meta, args.classifier, "--classifier")
     return {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "variance": args.variance,
             "guidance_scale": args.guidance, "spacing": args.spacing, "classifier": clf}
 
@@ -147,21 +141,22 @@ def run_sample(args) -> None:
 
     from minidiff import models, pipeline, plotting
 
-    if args.out.suffix not in (".png", ".npz"):
-        raise ValueError(f"--out must end in .png or .npz, got {args.out}")
-    if args.per_label < 1:
-        raise ValueError(f"--per-label must be >= 1, got {args.per_label}")
+    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out")
     model, meta = models.load_model(args.ckpt)
     num_classes = model.config.num_classes
     wanted = list(range(num_classes)) if args.labels is None else args.labels
     labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
-    images = pipeline.generate(model, models.schedule_of(meta), labels, jax.random.PRNGKey(args.seed),
-                               clip_x0=args.clip_x0, **sampling_kwargs(args))
+    kwargs = dict(clip_x0=args.clip_x0, **sampling_kwargs(args, models.dataset_of(meta)))
+    s, key, batches = models.schedule_of(meta), jax.random.PRNGKey(args.seed), []
+    for i, start in enumerate(range(0, len(labels), args.batch_size)):
+        batch_key = key if i == 0 else jax.random.fold_in(key, i)  # batch 0: the seed's own key
+        batches.append(pipeline.generate(model, s, labels[start:start + args.batch_size], batch_key, **kwargs))
+    images = np.concatenate(batches)  # (N, H, W, C)
     if args.out.suffix == ".npz":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.out, images=np.asarray(images), labels=labels)
+        with atomic_write(args.out) as f:
+            np.savez(f, images=images, labels=labels)
     else:
-        names = data.CLASS_NAMES.get(meta.get("train", {}).get("dataset"), range(num_classes))
+        names = data.CLASS_NAMES.get(models.dataset_of(meta), range(num_classes))
         plotting.save_grid(args.out, images, args.per_label, row_labels=[names[v] for v in wanted],
                            title=sampling_title(args))
     print(f"wrote {len(labels)} samples to {args.out}")
@@ -177,8 +172,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--judge", type=Path, default=None,
                    help="clean evaluation classifier (default data/checkpoints/DATASET_classifier.npz)")
     add_sampling_arguments(p)
-    p.add_argument("--per-label", type=int, default=20, help="samples per class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-label", type=arguments.positive_int, default=20,
+                   help="samples per class (diversity needs 2; with 1 it is reported as null)")
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set (FID reference)")
     p.add_argument("--grid", type=Path, default=None, help="also save the samples as a PNG grid")
     p.add_argument("--out", type=Path, default=None, help="also write the result to this .json file")
@@ -189,9 +185,12 @@ def run_eval(args) -> None:
 
     from minidiff import evaluation, models, plotting
 
+    for path, suffix, flag in ((args.out, ".json", "--out"), (args.grid, ".png", "--grid")):
+        if path is not None:
+            check_output_path(path, suffixes=(suffix,), what=flag)
     setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
     images, labels, seconds = evaluation.draw_samples(setup.model, setup.schedule, args.per_label, seed=args.seed,
-                                                      progress=True, **sampling_kwargs(args))
+                                                      progress=True, **sampling_kwargs(args, setup.dataset))
     result = evaluation.score_samples(setup.judge, images, labels, setup.reference)
     result.update(sampler=sampling_title(args), sampling_seconds=round(seconds, 1),
                   checkpoint=str(args.ckpt or models.DEFAULT_CHECKPOINT),
@@ -201,9 +200,8 @@ def run_eval(args) -> None:
         plotting.save_grid(args.grid, images, args.per_label, row_labels=list(names),
                            title=f"{sampling_title(args)}: accuracy {result['accuracy']:.1%}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+        write_json(args.out, result)
+    print(json.dumps(json_ready(result), indent=2, allow_nan=False))
 
 
 def add_classifier_parser(sub) -> None:
@@ -213,13 +211,14 @@ def add_classifier_parser(sub) -> None:
                        "Reports held-out accuracy and stores it in the model file.")
     p.add_argument("--dataset", choices=data.DATASETS, default="mnist")
     p.add_argument("--noised", action="store_true", help="train on q_sample'd images at uniform t")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=arguments.positive_int, default=2000)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=128)
+    p.add_argument("--lr", type=arguments.positive_float, default=2e-3)
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None,
-                   help="model file (default data/checkpoints/DATASET_classifier[_noisy].npz)")
+                   help="model file (default runs/DATASET_classifier[_noisy].npz; the released "
+                        "judges in data/checkpoints/ are only written when named here)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -228,6 +227,8 @@ def run_classifier(args) -> None:
 
     from minidiff import classifier, classifier_train, models
 
+    name = f"{args.dataset}_classifier{'_noisy' if args.noised else ''}.npz"
+    out = check_output_path(args.out or Path("runs") / name, suffixes=(".npz",), what="--out")
     (images, labels), (held_images, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
     h, w, c = images.shape[1:]
     cfg = classifier.ClassifierConfig(image_size=h, in_channels=c, noised=args.noised,
@@ -238,21 +239,9 @@ def run_classifier(args) -> None:
                                         progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60
     acc = classifier_train.evaluate(model, data.to_model_range(held_images), held_labels)
-    out = args.out or models.CHECKPOINT_DIR / f"{args.dataset}_classifier{'_noisy' if args.noised else ''}.npz"
     models.save_model(out, model, {"dataset": args.dataset, "steps": args.steps, "heldout_accuracy": acc,
                                      "train_minutes": round(minutes, 2)})
     print(f"{out}: held-out accuracy {acc} ({len(held_labels)} images), trained in {minutes:.1f} min")
-
-
-def parse_index(text: str) -> slice:
-    """'0:100' -> slice(0, 100); '7' -> slice(7, 8)."""
-    try:
-        if ":" in text:
-            lo, hi = text.split(":")
-            return slice(int(lo or 0), int(hi))
-        return slice(int(text), int(text) + 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"index must look like '0:100' or '7', got {text!r}")
 
 
 def add_inversion_parser(sub, name: str) -> None:
@@ -269,20 +258,21 @@ def add_inversion_parser(sub, name: str) -> None:
     p.add_argument("--label", type=int, default=None, help="the class of --image")
     p.add_argument("--dataset", choices=data.DATASETS, default="mnist",
                    help="data set whose held-out images --index selects (default mnist)")
-    p.add_argument("--index", type=parse_index, default=slice(0, 8), help="held-out images, e.g. 0:100")
+    p.add_argument("--index", type=arguments.index, default=slice(0, 8), help="held-out images, e.g. 0:100")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--method", choices=pipeline.INVERSION_METHODS, default="null",
                    help="plain DDIM inversion or null-class inversion (default)")
-    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale w")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--inner-steps", type=int, default=inversion.INNER_STEPS,
+    p.add_argument("--guidance", type=arguments.finite_float, default=7.5, help="CFG scale w")
+    p.add_argument("--steps", type=arguments.positive_int, default=50, help="DDIM steps")
+    p.add_argument("--inner-steps", type=arguments.positive_int, default=inversion.INNER_STEPS,
                    help=f"null-class inversion: most Adam steps per sampling step (default {inversion.INNER_STEPS})")
-    p.add_argument("--lr", type=float, default=inversion.LR,
+    p.add_argument("--lr", type=arguments.nonnegative_float, default=inversion.LR,
                    help=f"null-class inversion: Adam step size relative to the null row's RMS (default {inversion.LR})")
     if editing:
         p.add_argument("--to", type=int, required=True, help="the new label")
-        p.add_argument("--keep-source-steps", type=int, default=0,
-                       help="sampling steps that keep the source label before switching")
+        p.add_argument("--keep-source-steps", type=arguments.nonnegative_int, default=0,
+                       help="--method null: sampling steps that keep the source label before switching "
+                            "(fewer than --steps)")
     p.add_argument("--out", type=Path, default=Path(f"{name}.png"),
                    help=".png: source / reconstruction" + (" / edit" if editing else "") +
                    " rows; .npz: the arrays, labels and per-image PSNR")
@@ -291,8 +281,14 @@ def add_inversion_parser(sub, name: str) -> None:
 def run_inversion(args) -> None:
     from minidiff import metrics, models, pipeline, plotting
 
-    if args.out.suffix not in (".png", ".npz"):
-        raise ValueError(f"--out must end in .png or .npz, got {args.out}")
+    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out")
+    keep = getattr(args, "keep_source_steps", 0)
+    if keep and args.method != "null":
+        raise ValueError("--keep-source-steps works with --method null only (plain DDIM inversion "
+                         "edits with the target label from the first step)")
+    if keep >= args.steps:
+        raise ValueError(f"--keep-source-steps {keep} must be less than --steps {args.steps}: "
+                         "otherwise the label never changes and the 'edit' is the reconstruction")
     model, meta = models.load_model(args.ckpt)
     cfg = model.config
     target = check_labels([args.to], cfg.num_classes, "--to")[0] if args.command == "edit" else None
@@ -302,10 +298,11 @@ def run_inversion(args) -> None:
         labels = np.array(check_labels([args.label], cfg.num_classes, "--label"), np.int32)
         images = data.load_image(args.image, cfg.image_size, cfg.in_channels)[None]
     else:
-        _, (images, labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
-        images, labels = images[args.index], labels[args.index]
-        if len(images) == 0:
-            raise ValueError(f"--index selects no images (the held-out set has {len(labels)})")
+        _, (held, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
+        if args.index.stop > len(held):
+            raise ValueError(f"--index {args.index.start}:{args.index.stop} goes past the held-out set, "
+                             f"which has {len(held)} images (0:{len(held)})")
+        images, labels = held[args.index], held_labels[args.index]
     if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.in_channels):
         raise ValueError(f"images of shape {images.shape[1:]} do not match the checkpoint's "
                          f"{cfg.image_size}x{cfg.image_size}x{cfg.in_channels}")
@@ -313,14 +310,14 @@ def run_inversion(args) -> None:
     x0 = data.to_model_range(images)
     result = pipeline.invert_and_edit(
         model, models.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
-        steps=args.steps, targets=targets, keep_source_steps=getattr(args, "keep_source_steps", 0),
+        steps=args.steps, targets=targets, keep_source_steps=keep,
         inner_steps=args.inner_steps, lr=args.lr)
     psnr = metrics.psnr(x0, result["reconstructions"])
     summary = f"{len(labels)} image(s), {args.method} inversion, w={args.guidance}: mean PSNR {psnr.mean():.2f} dB"
     if args.out.suffix == ".npz":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.out, sources=x0, labels=labels, psnr=psnr,
-                 **({"targets": targets} if targets is not None else {}), **result)
+        with atomic_write(args.out) as f:
+            np.savez(f, sources=x0, labels=labels, psnr=psnr,
+                     **({"targets": targets} if targets is not None else {}), **result)
     else:
         rows = [x0, result["reconstructions"]] + ([result["edits"]] if targets is not None else [])
         plotting.save_grid(args.out, np.concatenate(rows), len(labels),
@@ -336,9 +333,9 @@ def add_bench_parser(sub) -> None:
                        epilog="minidiff adds an XLA:CPU flag on import that keeps convolutions on all "
                        "cores (minidiff/xla_flags.py); MINIDIFF_XLA_DEFAULTS=1 python -m minidiff bench "
                        "measures XLA's own defaults.")
-    p.add_argument("--channels", type=parse_channels, default=None,
+    p.add_argument("--channels", type=arguments.channels, default=None,
                    help="U-Net widths (default: the MNIST preset)")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=arguments.positive_int, default=5,
                    help="rounds, each timing every measurement once (reported: medians over rounds)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -375,7 +372,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command][1](args)
-    except (ValueError, FileNotFoundError) as err:  # incl. CheckpointError and DatasetError
+    except (ValueError, OSError) as err:  # incl. CheckpointError, DatasetError, TrainingDiverged, full disks
         print(f"minidiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

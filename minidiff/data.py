@@ -3,12 +3,13 @@
     images, labels = load_split("mnist", "test")    # (10000, 28, 28, 1) uint8, (10000,) int32
     x0 = to_model_range(images)                     # float32 in [-1, 1], the model's convention
 
-Files are looked for under three roots, in order: the `data_dir` argument, $MINIDIFF_DATA_DIR,
-then the download cache ($MINIDIFF_CACHE_DIR, else ~/.cache/minidiff); in each root first in the
-dataset's subfolder (`mnist/`, `fashion-mnist/`, `cifar-10-batches-bin/`), then in the root itself.
-The first folder holding every file of the split wins. If none does and `download=True`, the
-files are fetched from the official mirrors into the cache: to a temporary file first, then moved
-into place with os.replace, so an interrupted download never leaves a half-written file.
+Files are looked for in the `data_dir` argument alone when it is given (a folder that lacks a
+file is an error); otherwise under $MINIDIFF_DATA_DIR, then the download cache
+($MINIDIFF_CACHE_DIR, else ~/.cache/minidiff). In each root first in the dataset's subfolder
+(`mnist/`, `fashion-mnist/`, `cifar-10-batches-bin/`), then in the root itself. The first folder
+holding every file of the split wins. If none does and `download=True`, the files are fetched
+from the official mirrors into the cache with files.atomic_write, so an interrupted download
+never leaves a half-written file; if that fails too, the error lists every folder searched.
 
 What is verified:
   * always: the file structure. IDX files (MNIST, Fashion-MNIST) must have the right magic number,
@@ -20,13 +21,11 @@ What is verified:
 Pass verify=False to read small files you wrote yourself in the same formats.
 """
 
-import contextlib
 import gzip
 import hashlib
 import os
 import struct
 import tarfile
-import tempfile
 import urllib.request
 import warnings
 import zlib
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from minidiff.files import atomic_write
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 _ALIASES = {"fashion-mnist": "fashion_mnist"}
@@ -145,8 +146,10 @@ def cache_dir():
 
 
 def search_dirs(name, data_dir=None):
-    """The folders searched for `name`'s files, in order (see the module docstring)."""
-    roots = [data_dir, os.environ.get("MINIDIFF_DATA_DIR"), cache_dir()]
+    """The folders searched for `name`'s files, in order (see the module docstring). An explicit
+    data_dir is the only root searched: a folder that lacks a file is an error, not a reason to
+    read another copy from $MINIDIFF_DATA_DIR or the cache."""
+    roots = [data_dir] if data_dir is not None else [os.environ.get("MINIDIFF_DATA_DIR"), cache_dir()]
     folder = _FOLDERS[_canonical(name)]
     return [directory for root in roots if root for directory in (Path(root) / folder, Path(root))]
 
@@ -164,37 +167,26 @@ def _locate(name, split, data_dir, download):
     for directory in candidates:
         if all((directory / file).is_file() for file in files):
             return directory
+    looked = "\n  ".join(str(directory) for directory in candidates)
+    if data_dir is not None:
+        raise FileNotFoundError(f"{name} {split} files {files} not found in the data folder given:\n  {looked}")
     if not download:
-        looked = "\n  ".join(str(directory) for directory in candidates)
         raise FileNotFoundError(f"{name} {split} files {files} not found in any of:\n  {looked}\n"
                                 "(pass download=True to fetch them)")
-    return download_split(name, split)
+    try:
+        return download_split(name, split)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{name} {split} files {files} not found in any of:\n  {looked}\n"
+                                f"and the download failed: {err}") from err
 
 
 # ----------------------------------------------------------------------------- downloading
-
-@contextlib.contextmanager
-def _atomic_write(path):
-    """Yield a file open for writing beside `path`; on success os.replace it onto `path`.
-
-    On any error the temporary file is removed, so `path` is either absent or complete.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            yield out
-        os.replace(temporary, path)
-    except BaseException:
-        os.remove(temporary)
-        raise
-
 
 def download_url(url, path, md5=None):
     """Download `url` (http(s):// or file://) to `path` atomically; check its MD5 if given."""
     path = Path(path)
     digest = hashlib.md5(usedforsecurity=False)
-    with _atomic_write(path) as out, urllib.request.urlopen(url, timeout=60) as response:
+    with atomic_write(path) as out, urllib.request.urlopen(url, timeout=60) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as progress:
             while chunk := response.read(1 << 20):
@@ -227,7 +219,7 @@ def _extract_cifar(archive, target):
                 member = tar.getmember(f"cifar-10-batches-bin/{file}")
                 if not member.isfile():
                     raise DatasetError(f"{archive}: member {member.name} is not a regular file")
-                with _atomic_write(target / file) as out:
+                with atomic_write(target / file) as out:
                     out.write(tar.extractfile(member).read())
     except KeyError as error:
         raise DatasetError(f"{archive}: missing member {error}") from error
@@ -371,16 +363,21 @@ def load_train_and_heldout(name, data_dir=None, download=True, heldout=1000, ver
     return train, held
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096  # a picture to invert is resized to 28x28 or 32x32 anyway
+
+
 def load_image(path, size: int, channels: int = 1) -> np.ndarray:
     """A picture file (PNG) as one image (size, size, channels) uint8, ready for to_model_range.
 
+    Transparent pixels are composited onto the background the alpha implies: the opposite of the
+    opaque pixels' mean brightness (dark strokes on a transparent sheet become dark on white).
     channels=1 (digits): colour is averaged to grey, the picture is resized (bilinear) to
     size x size, and a light background (mean above mid-grey) is inverted so strokes are light
     on dark, as in MNIST. channels=3 (CIFAR-10): the RGB colours are kept (a grey picture is
-    repeated into three channels) and only resized. Raises DatasetError naming the file if it
-    cannot be read as an image.
+    repeated into three channels) and only resized. Pictures above MAX_IMAGE_PIXELS are refused
+    from their header, before decoding. Raises DatasetError naming the file if it cannot be read.
     """
-    import matplotlib.image
+    from PIL import Image, UnidentifiedImageError
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
@@ -388,18 +385,26 @@ def load_image(path, size: int, channels: int = 1) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        picture = np.asarray(matplotlib.image.imread(path), np.float32)
-    except Exception as err:  # PIL raises several types for non-images
+        with Image.open(path) as picture:  # reads the header only
+            width, height = picture.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DatasetError(f"{path}: the picture is {width}x{height} pixels, more than the "
+                                   f"{MAX_IMAGE_PIXELS} pixels minidiff decodes (it is resized to {size}x{size} anyway)")
+            rgba = np.asarray(picture.convert("RGBA"), np.float32) / 255.0  # (H, W, 4)
+    except Image.DecompressionBombError as err:  # PIL's own limit, checked when it opens the file
+        raise DatasetError(f"{path}: the picture has more than the {MAX_IMAGE_PIXELS} pixels "
+                           f"minidiff decodes ({err})") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, DatasetError):
+            raise
         raise DatasetError(f"{path}: cannot read as an image ({err})") from err
-    if picture.ndim == 3:
-        picture = picture[..., :3]  # drop alpha: (H, W, 3)
-        picture = picture.mean(axis=-1) if channels == 1 else picture
-    if picture.ndim == 2:
-        picture = picture[..., None] if channels == 1 else np.repeat(picture[..., None], 3, axis=-1)
-    if picture.ndim != 3 or min(picture.shape[:2]) < 2 or picture.shape[-1] != channels:
-        raise DatasetError(f"{path}: expected a 2-D picture, got an array of shape {picture.shape}")
-    if picture.max() > 1.0:  # 8-bit values rather than [0, 1] floats
-        picture = picture / 255.0
+    if min(rgba.shape[:2]) < 2:
+        raise DatasetError(f"{path}: expected a 2-D picture, got one of {width}x{height} pixels")
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]  # (H, W, 3), (H, W, 1)
+    opaque = alpha[..., 0] > 0.5
+    background = 1.0 - round(float(rgb[opaque].mean())) if opaque.any() and not opaque.all() else 0.0
+    rgb = rgb * alpha + background * (1.0 - alpha)  # composite; a no-op where alpha = 1
+    picture = rgb.mean(axis=-1, keepdims=True) if channels == 1 else rgb  # (H, W, C)
     import jax.image
 
     image = np.asarray(jax.image.resize(picture, (size, size, channels), "bilinear"))  # (size, size, C)

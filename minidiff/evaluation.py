@@ -101,7 +101,8 @@ def load_setup(ckpt=None, judge=None, data_dir=None) -> Setup:
     model, meta = models.load_model(ckpt)
     dataset = meta.get("train", {}).get("dataset", "mnist")
     path = judge or judge_path(dataset)
-    judge_model, _ = models.load_model(path, kind="classifier")
+    judge_model, judge_meta = models.load_model(path, kind="classifier")
+    models.check_same_dataset(dataset, judge_meta, path, "the judge")
     if judge_model.config.noised:
         raise ValueError(f"{path} is a noised classifier; the judge must be a clean evaluation classifier")
     _, (images, labels) = data.load_train_and_heldout(dataset, data_dir)

@@ -58,7 +58,10 @@ def load_model(path=None, kind: str = "unet"):
         raise checkpoint.CheckpointError(f"{path}: not a {kind} model file "
                                          f"(it holds a {meta.get('kind', 'training state')})")
     cls, config_cls = MODEL_KINDS[kind]
-    config = config_from_dict(config_cls, meta[kind])
+    try:
+        config = config_from_dict(config_cls, meta[kind])
+    except (TypeError, ValueError, AttributeError) as err:  # a field missing, unknown or of a bad value
+        raise checkpoint.CheckpointError(f"{path}: its {kind} config is malformed ({err})") from err
     graphdef, template = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
     state, _ = checkpoint.load_checkpoint(path, template)
     return nnx.merge(graphdef, state), meta
@@ -68,3 +71,18 @@ def schedule_of(meta: dict) -> schedules.Schedule:
     """The noise schedule a model was trained with (recorded in its metadata)."""
     train = meta.get("train", {})
     return schedules.make_schedule(train.get("schedule", "linear"), train.get("T", 1000))
+
+
+def dataset_of(meta: dict) -> str | None:
+    """The data set a model file was trained on: metadata["train"]["dataset"] for a U-Net,
+    metadata["dataset"] for a classifier; None if the file does not say."""
+    return meta.get("train", {}).get("dataset", meta.get("dataset"))
+
+
+def check_same_dataset(dataset: str | None, other_meta: dict, other_path, flag: str) -> None:
+    """Refuse a classifier (other_meta, from other_path) trained on another data set than the
+    U-Net's: its accuracy or gradient would be meaningless. Unknown data sets pass."""
+    other = dataset_of(other_meta)
+    if dataset is not None and other is not None and other != dataset:
+        raise ValueError(f"{flag} {other_path} was trained on {other}, but the model on {dataset}; "
+                         f"give a {dataset} classifier")

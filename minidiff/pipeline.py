@@ -63,6 +63,19 @@ def classifier_log_prob_fn(classifier: Classifier) -> LogProbFn:
     return Partial(functools.partial(_log_prob, graphdef), params)
 
 
+def check_finite(x, what: str):
+    """x as a NumPy array, if every value is finite; else a ValueError saying how many are not.
+
+    The one check where minidiff produces images: a NaN weight or an overflowing guidance
+    scale must not end in a picture of NaNs and exit code 0."""
+    x = np.asarray(x)
+    bad = int(np.sum(~np.isfinite(x)))
+    if bad:
+        raise ValueError(f"{what} came out with {bad} of {x.size} values NaN or infinite "
+                         "(a model file with broken weights, or a guidance scale that overflows)")
+    return x
+
+
 def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *,
                   classifier: Classifier | None = None, sampler: str = "ddim") -> EpsFn:
     """The eps_fn that samples are drawn with.
@@ -95,7 +108,8 @@ def generate(
 
     sampler "ddim" (steps, default 50; eta; spacing) or "ddpm" (ancestral; all T steps unless
     steps is given; variance "beta_tilde", or "beta" for the DDIM paper's sigma-hat sampler).
-    Returns (N, H, W, C) in model range (not clipped: values slightly outside [-1, 1] occur).
+    Returns a NumPy array (N, H, W, C) in model range (not clipped: values outside [-1, 1]
+    occur); a non-finite result raises ValueError (check_finite).
     """
     labels = jnp.asarray(labels, jnp.int32)
     cfg = model.config
@@ -109,10 +123,12 @@ def generate(
     x_T = jax.random.normal(key_T, (labels.shape[0], cfg.image_size, cfg.image_size, cfg.in_channels))
     if sampler == "ddim":
         ts = samplers.make_timesteps(s.num_timesteps, 50 if steps is None else steps, spacing)
-        return samplers.ddim_sample(eps_fn, s, x_T, ts, eta=eta, key=key_steps, y=labels, clip_x0=clip_x0)
-    ts = None if steps is None else samplers.make_timesteps(s.num_timesteps, steps, spacing)
-    return samplers.ddpm_sample(eps_fn, s, x_T, key_steps, y=labels, timesteps=ts, variance=variance,
-                                clip_x0=clip_x0)
+        x0 = samplers.ddim_sample(eps_fn, s, x_T, ts, eta=eta, key=key_steps, y=labels, clip_x0=clip_x0)
+    else:
+        ts = None if steps is None else samplers.make_timesteps(s.num_timesteps, steps, spacing)
+        x0 = samplers.ddpm_sample(eps_fn, s, x_T, key_steps, y=labels, timesteps=ts, variance=variance,
+                                  clip_x0=clip_x0)
+    return check_finite(x0, "sampling")
 
 
 def label_grid(num_classes: int, per_label: int) -> np.ndarray:
@@ -154,4 +170,4 @@ def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: s
                 emb_fn, guidance_scale, ts, inv, table[jnp.asarray(targets)], source_emb=table[labels],
                 keep_source_steps=keep_source_steps)
             out["edits"] = samplers.ddim_sample(edit_fn, s, inv.x_T, ts)
-    return {k: np.asarray(v) for k, v in out.items()}
+    return {k: check_finite(v, k) for k, v in out.items()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from functools import partial
@@ -33,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from minidiff import checkpoint, data, diffusion, models, pipeline, plotting, schedules
+from minidiff.files import RunLock, atomic_write, remove_temporaries
 from minidiff.unet import UNetConfig, count_params
 
 
@@ -62,8 +64,21 @@ class TrainConfig:
     snapshot_every: int = 0  # steps between kept EMA snapshots snapshots/model_<step>.npz (0: never)
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive")
+        for name in ("steps", "batch_size", "T", "log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("warmup_steps", "sample_every", "snapshot_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in 0..2**32-1, got {self.seed}")
+        for name in ("lr", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a positive, finite number, got {getattr(self, name)}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.schedule not in schedules.SCHEDULES:
+            raise ValueError(f"schedule must be one of {schedules.SCHEDULES}, got {self.schedule!r}")
         if not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -80,8 +95,9 @@ class TrainConfig:
         return writing if self.lr_schedule == "cosine" else ("steps",) + writing
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the last good checkpoint is kept (a ValueError, so the
+    CLI reports it in one line: the settings, usually the learning rate, were bad values)."""
 
 
 def learning_rate(cfg: TrainConfig) -> optax.Schedule:
@@ -111,17 +127,27 @@ def init_state(unet_cfg: UNetConfig, cfg: TrainConfig):
     return graphdef, state
 
 
+def _loss(params, x0, y, key, s, graphdef):
+    """L_simple of the network with these weights on one batch (labels already dropped)."""
+    eps_fn = lambda x_t, t, labels: nnx.merge(graphdef, params)(x_t, t, labels)
+    return diffusion.ddpm_loss(eps_fn, s, x0, y, key)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def weights_losses(state, x0, y, key, s: schedules.Schedule, *, graphdef):
+    """(loss of state["params"], loss of state["ema"]) on a batch, without label dropout: the
+    check that the weights about to be checkpointed are usable (an update can make them huge
+    while the loss computed before it was still finite)."""
+    return _loss(state["params"], x0, y, key, s, graphdef), _loss(state["ema"], x0, y, key, s, graphdef)
+
+
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "null_class"), donate_argnums=(0,))
 def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: TrainConfig, null_class: int):
     """One optimiser step on a batch x0 (B, H, W, C), labels y (B,). Returns (state, loss)."""
     key_drop, key_loss = jax.random.split(key)
     y = jnp.where(jax.random.uniform(key_drop, y.shape) < cfg.p_uncond, null_class, y)  # (B,)
 
-    def loss_fn(params):
-        eps_fn = lambda x_t, t, labels: nnx.merge(graphdef, params)(x_t, t, labels)
-        return diffusion.ddpm_loss(eps_fn, s, x0, y, key_loss)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    loss, grads = jax.value_and_grad(_loss)(state["params"], x0, y, key_loss, s, graphdef)
     updates, opt_state = make_optimizer(cfg).update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     decay = jnp.minimum(cfg.ema_decay, (1.0 + state["step"]) / (10.0 + state["step"]))
@@ -154,11 +180,8 @@ class Trainer:
         self.replicated = NamedSharding(mesh, P())
         self.graphdef, state = init_state(unet_cfg, cfg)
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
-        if self.ckpt_path.exists():
-            state, meta = checkpoint.load_checkpoint(self.ckpt_path, state)
-            self._check_same_run(meta)
-            self.elapsed = meta["elapsed"]
         self.state = jax.device_put(state, self.replicated)
+        self._load()
 
     @property
     def ckpt_path(self) -> Path:
@@ -181,10 +204,38 @@ class Trainer:
     def _check_same_run(self, meta: dict) -> None:
         free = self.cfg.bookkeeping
         saved = {k: v for k, v in meta["train"].items() if k not in free}
-        wanted = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in free}
-        if saved != wanted or meta["unet"] != json.loads(json.dumps(dataclasses.asdict(self.unet_cfg))):
-            raise ValueError(f"{self.ckpt_path} was written by a different configuration; "
+        wanted = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in free}))
+        differ = [f"{k}: {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} now"
+                  for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+        unet_now = json.loads(json.dumps(dataclasses.asdict(self.unet_cfg)))
+        differ += [f"unet.{k}: {meta['unet'].get(k)!r} in the checkpoint, {unet_now.get(k)!r} now"
+                   for k in sorted(set(meta["unet"]) | set(unet_now)) if meta["unet"].get(k) != unet_now.get(k)]
+        if differ:
+            raise ValueError(f"{self.ckpt_path} was written by a different configuration ({'; '.join(differ)}); "
                              f"use another run directory or the same settings (only {', '.join(free)} may change)")
+
+    def _load(self) -> None:
+        """Resume from ckpt.npz if there is one (the state, and the training time so far)."""
+        if self.ckpt_path.exists():
+            state, meta = checkpoint.load_checkpoint(self.ckpt_path, self.state)
+            if not (isinstance(meta.get("train"), dict) and isinstance(meta.get("unet"), dict) and "elapsed" in meta):
+                raise checkpoint.CheckpointError(f"{self.ckpt_path}: not a training checkpoint "
+                                                 "(its metadata lacks the train and unet configs)")
+            self._check_same_run(meta)
+            self.elapsed = meta["elapsed"]
+            self.state = jax.device_put(state, self.replicated)
+
+    def _trim_log(self) -> None:
+        """Drop log records past the checkpoint being resumed (written before a kill), so that a
+        resumed run's log.jsonl holds every step once."""
+        log = self.run_dir / "log.jsonl"
+        if not log.exists():
+            return
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
+        if kept != lines:
+            with atomic_write(log) as f:
+                f.write("".join(kept).encode())
 
     def ema_model(self):
         """The EMA weights as a U-Net (what model.npz holds and samples are drawn with)."""
@@ -199,9 +250,27 @@ class Trainer:
                            title=f"step {self.step}, DDIM-25, w={guidance_scale}")
 
     def run(self, progress: bool = True) -> list[dict]:
-        """Train up to cfg.steps; returns the log records written this session."""
+        """Train up to cfg.steps; returns the log records written this session.
+
+        Holds the run directory's lock throughout (a second process on it is refused with
+        files.RunDirectoryLocked), first removing what a killed run left: temporary files and
+        log records past the checkpoint."""
+        with RunLock(self.run_dir):
+            if self.ckpt_path.exists() and checkpoint.read_metadata(self.ckpt_path).get("step") != self.step:
+                self._load()  # another process trained on since this Trainer was made
+            for folder in (self.run_dir, self.run_dir / "snapshots"):
+                remove_temporaries(folder)
+            self._trim_log()
+            return self._train(progress)
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        kept = (f"the last good checkpoint is kept at {self.ckpt_path} (step "
+                f"{checkpoint.read_metadata(self.ckpt_path)['step']})" if self.ckpt_path.exists()
+                else "no checkpoint had been written")
+        return TrainingDiverged(f"{what}; training stopped and {kept}. Try a smaller --lr.")
+
+    def _train(self, progress: bool) -> list[dict]:
         cfg, records = self.cfg, []
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         base_key = jax.random.PRNGKey(cfg.seed)
         pending, since = [], time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
@@ -209,11 +278,11 @@ class Trainer:
             idx = data.batch_indices(step, len(self.images), cfg.batch_size, cfg.seed)
             x0 = jax.device_put(self.images[idx], self.batch_sharding)  # (B, H, W, C)
             y = jax.device_put(self.labels[idx], self.batch_sharding)  # (B,)
-            self.state, loss = train_step(
-                self.state, x0, y, jax.random.fold_in(base_key, step), self.schedule,
-                graphdef=self.graphdef, cfg=cfg, null_class=self.unet_cfg.num_classes)
+            key = jax.random.fold_in(base_key, step)
+            self.state, loss = train_step(self.state, x0, y, key, self.schedule,
+                                          graphdef=self.graphdef, cfg=cfg, null_class=self.unet_cfg.num_classes)
             pending.append(loss)
-            done = step + 1
+            done = step + 1  # the log's step numbers: updates done so far
             save_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
             snapshot = cfg.snapshot_every and done % cfg.snapshot_every == 0
             grid = cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps)
@@ -221,11 +290,14 @@ class Trainer:
                 continue
             losses = np.asarray(jax.device_get(pending))  # the one host sync per log interval
             if not np.all(np.isfinite(losses)):
-                bad = done - len(losses) + int(np.argmin(np.isfinite(losses)))
-                raise TrainingDiverged(
-                    f"loss became {losses[~np.isfinite(losses)][0]} at step {bad}; training stopped. "
-                    f"The last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
-                    else f"loss became non-finite at step {bad}; training stopped before any checkpoint")
+                first = int(np.argmin(np.isfinite(losses)))
+                raise self._diverged(f"the loss became {losses[first]} at step {done - len(losses) + first + 1}")
+            if save_ckpt or snapshot:  # the losses above were computed before their updates
+                after = [float(v) for v in weights_losses(self.state, x0, y, key, self.schedule,
+                                                          graphdef=self.graphdef)]
+                if not all(np.isfinite(after)):
+                    raise self._diverged(f"the weights after step {done} give loss {after[0]} "
+                                         f"(EMA weights: {after[1]})")
             now = time.perf_counter()
             self.elapsed += now - since  # wall time, checkpoints and sample grids included
             record = {"step": done, "loss": float(losses.mean()), "elapsed": round(self.elapsed, 2),
@@ -241,7 +313,7 @@ class Trainer:
                 self.save()
             if snapshot:
                 models.save_model(self.run_dir / "snapshots" / f"model_{done:06d}.npz",
-                                    self.ema_model(), self._metadata())
+                                  self.ema_model(), self._metadata())
             if grid:
                 self.sample_grid(self.run_dir / f"samples_{done:06d}.png")
         bar.close()

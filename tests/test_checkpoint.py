@@ -66,3 +66,28 @@ def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
         checkpoint.save_checkpoint(path, TREE, {"step": 8})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]  # no temporary left behind
+
+
+def test_an_array_is_checked_from_its_header_before_it_is_decompressed(tmp_path):
+    """A small file that declares a 1.6 GB array is refused without inflating it."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (20000, 20000)})
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        meta = io.BytesIO()
+        np.save(meta, np.array("{}"))
+        z.writestr("__metadata__.npy", meta.getvalue())
+        z.writestr("w.npy", header.getvalue() + b"\0" * 1024)  # far less data than declared
+    with pytest.raises(checkpoint.CheckpointError, match=r"bomb\.npz: array 'w' has shape \(20000, 20000\) float32, expected \(2, 3\)"):
+        checkpoint.load_checkpoint(path, {"w": np.zeros((2, 3), np.float32)})
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    tree = {"w": np.array([1.0, np.inf], np.float32)}
+    checkpoint.save_checkpoint(path, tree, {})
+    with pytest.raises(checkpoint.CheckpointError, match=r"ckpt\.npz: array 'w' holds 1 NaN or infinite values"):
+        checkpoint.load_checkpoint(path, {"w": np.zeros(2, np.float32)})

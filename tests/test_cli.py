@@ -141,3 +141,72 @@ def test_bad_inversion_input_gives_clear_errors(args, message, tmp_path):
     out = minidiff(*[a.format(thin=tmp_path / "thin.png") for a in args])
     assert out.returncode == 2, out.stderr
     assert __import__("re").search(message, out.stderr), out.stderr
+
+
+def _train_args(run, *extra):
+    return ("train", "--dataset", "mnist", "--data-dir", data_dir(), "--out", run, "--channels", "8,16",
+            "--batch-size", 16, "--sample-every", 0, "--no-progress", *extra)
+
+
+@pytest.mark.slow
+def test_train_classifier_never_writes_the_released_judge_by_default(tmp_path):
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    released = REPO / "data" / "checkpoints" / "mnist_classifier.npz"
+    before = released.read_bytes()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-m", "minidiff", "train-classifier", "--data-dir", str(data_dir()),
+                          "--steps", "2", "--batch-size", "8", "--no-progress"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "runs" / "mnist_classifier.npz").is_file() and "runs/mnist_classifier.npz" in out.stdout
+    assert released.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_second_training_on_one_run_directory_is_refused_until_the_first_is_killed(tmp_path):
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    first = subprocess.Popen([sys.executable, "-m", "minidiff", *map(str, _train_args(run, "--steps", 2000,
+                              "--log-every", 1, "--ckpt-every", 5, "--lr-schedule", "constant"))],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "ckpt.npz").exists():
+        time.sleep(0.1)
+    assert first.poll() is None, "the first run ended before the second could start"
+    second = minidiff(*_train_args(run, "--steps", 2000, "--log-every", 1, "--ckpt-every", 5,
+                                   "--lr-schedule", "constant"))
+    assert second.returncode == 2 and f"in use by another training process (pid {first.pid})" in second.stderr, \
+        second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = minidiff(*_train_args(run, "--steps", 12, "--log-every", 1, "--ckpt-every", 5,
+                                  "--lr-schedule", "constant"))
+    assert third.returncode == 0 and "done: step 12" in third.stdout, third.stderr
+
+
+@pytest.mark.slow
+def test_divergence_keeps_the_last_good_checkpoint_and_says_which_step(tmp_path):
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    run = tmp_path / "run"
+    out = minidiff(*_train_args(run, "--steps", 40, "--lr", "1e30", "--warmup-steps", 10, "--ckpt-every", 1,
+                                "--log-every", 1))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    found = __import__("re").search(r"the weights after step (\d+) give loss (\S+).*"
+                                    r"last good checkpoint is kept at .*ckpt\.npz \(step (\d+)\)", out.stderr)
+    assert found, out.stderr
+    bad, kept = int(found.group(1)), int(found.group(3))
+    assert bad == kept + 1
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged[-1] == kept  # the message and the log count steps alike
+    sample = minidiff("sample", "--ckpt", run / "model.npz", "--steps", 3, "--labels", "1", "--per-label", 2,
+                      "--out", tmp_path / "s.npz")
+    assert sample.returncode == 0, sample.stderr  # the kept model samples to finite images
+    with np.load(tmp_path / "s.npz") as f:
+        assert np.all(np.isfinite(f["images"]))

@@ -296,3 +296,50 @@ def test_idx_wrong_image_shape_and_count(tmp_path):
     write_idx_pair(tmp_path, images, labels[:2])
     with pytest.raises(data.DatasetError, match="3 images but .* 2 labels"):
         data.load_split("mnist", "test", data_dir=tmp_path, download=False, verify=False)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+def test_an_explicit_data_dir_is_the_only_place_searched(tmp_path, monkeypatch):
+    needs("mnist")
+    monkeypatch.setenv("MINIDIFF_DATA_DIR", str(DATA_DIR))  # holds MNIST, but was not asked for
+    with pytest.raises(FileNotFoundError, match=r"not found in the data folder given:\n  .*empty"):
+        data.load_split("mnist", "test", data_dir=tmp_path / "empty")
+
+
+def test_a_failed_download_lists_every_folder_searched(tmp_path, isolated, monkeypatch):
+    monkeypatch.setenv("MINIDIFF_DATA_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setitem(data.MIRRORS, "mnist", ((tmp_path / "no-mirror").as_uri() + "/",))
+    with pytest.raises(FileNotFoundError) as caught:
+        data.load_split("mnist", "test")
+    message = str(caught.value)
+    assert "nowhere" in message and str(isolated) in message and "the download failed" in message
+
+
+def _png_header_only(path, width, height):
+    """A valid PNG signature and IHDR for width x height, one tiny IDAT, IEND: small on disk."""
+    import zlib as z
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", z.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", z.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("size", [5000, 30000])  # above minidiff's limit, and above PIL's own
+def test_a_huge_picture_is_refused_from_its_header(tmp_path, size):
+    _png_header_only(tmp_path / "huge.png", size, size)
+    with pytest.raises(data.DatasetError, match=r"huge\.png: the picture .*more than the 16777216 pixels"):
+        data.load_image(tmp_path / "huge.png", 28)
+
+
+def test_dark_strokes_on_a_transparent_sheet_are_composited_onto_white(tmp_path):
+    import matplotlib.pyplot as plt
+
+    rgba = np.zeros((40, 40, 4))  # black everywhere, transparent ...
+    rgba[5:35, 18:22, 3] = 1.0    # ... but an opaque black stroke
+    plt.imsave(tmp_path / "stroke.png", rgba)
+    image = data.load_image(tmp_path / "stroke.png", 28)[..., 0]
+    assert image[14, 14] > 200 and image[2, 2] < 30  # a light stroke on dark, as MNIST draws it

@@ -163,3 +163,34 @@ def test_cosine_decay_reaches_zero_at_the_last_step_so_steps_is_fixed_for_the_ru
     tiny_trainer(tmp_path, *mnist_subset, steps=2, snapshot_every=7)  # bookkeeping: accepted
     with pytest.raises(ValueError, match="different configuration"):
         tiny_trainer(tmp_path, *mnist_subset, steps=4)
+
+
+def test_bad_settings_are_refused_by_name():
+    for change, message in [({"grad_clip": -1.0}, "grad_clip"), ({"warmup_steps": -1}, "warmup_steps"),
+                            ({"weight_decay": -0.1}, "weight_decay"), ({"lr": float("nan")}, "lr"),
+                            ({"ckpt_every": 0}, "ckpt_every"), ({"log_every": 0}, "log_every"),
+                            ({"seed": 2**40}, "seed"), ({"schedule": "quadratic"}, "schedule")]:
+        with pytest.raises(ValueError, match=message):
+            train.TrainConfig(**change)
+
+
+def test_a_resume_refusal_names_the_setting_that_differs(tmp_path, mnist_subset):
+    tiny_trainer(tmp_path, *mnist_subset, steps=2).run(progress=False)
+    with pytest.raises(ValueError, match=r"lr: 0\.002 in the checkpoint, 0\.0001 now"):
+        tiny_trainer(tmp_path, *mnist_subset, steps=2, lr=1e-4)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_removes_leftover_temporaries_and_logs_every_step_once(tmp_path, mnist_subset):
+    cfg = dict(log_every=1, ckpt_every=5, lr_schedule="constant")
+    train.Trainer(TINY_UNET, train.TrainConfig(steps=5, batch_size=16, sample_every=0, **cfg), tmp_path,
+                  *mnist_subset).run(progress=False)
+    # As a kill -9 after step 7 leaves it: log records past the checkpoint, a half-written file.
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": 6, "loss": 1.0}) + "\n" + json.dumps({"step": 7, "loss": 1.0}) + "\n")
+    (tmp_path / ".ckpt.npz.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    train.Trainer(TINY_UNET, train.TrainConfig(steps=8, batch_size=16, sample_every=0, **cfg), tmp_path,
+                  *mnist_subset).run(progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minidiff.files import write_json
+
 RESULTS_DIR = Path("docs/results")
 
 
@@ -21,11 +23,8 @@ def per_class_grid(images, per_label: int, show: int = 8) -> np.ndarray:
 
 
 def save_json(out_dir, name: str, result: dict) -> Path:
-    """Write result to out_dir/NAME.json (pretty-printed); returns the path."""
-    path = Path(out_dir) / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    """Write result to out_dir/NAME.json (valid JSON: NaN becomes null), atomically."""
+    return write_json(Path(out_dir) / f"{name}.json", result)
 
 
 def log_row(row: dict) -> None:
