@@ -166,8 +166,10 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="score a model's samples with the evaluation classifier",
                        description="Draw --per-label samples of every class and report, as JSON, how "
                        "often the clean evaluation classifier agrees with the label, the classifier "
-                       "FID against the held-out real images (NOT comparable to Inception FID) and "
-                       "the within-class feature diversity.")
+                       "FID against the held-out real images (NOT comparable to Inception FID), "
+                       "the within-class feature diversity, the fraction of pixels outside [-1, 1] "
+                       "(|x| > 1.05, before any clip) and the background noise (mean |x + 1| farther "
+                       "than 3 pixels from any stroke); under real_digits, the same for real images.")
     p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
     p.add_argument("--judge", type=Path, default=None,
                    help="clean evaluation classifier (default data/checkpoints/DATASET_classifier.npz)")
@@ -192,6 +194,7 @@ def run_eval(args) -> None:
     images, labels, seconds = evaluation.draw_samples(setup.model, setup.schedule, args.per_label, seed=args.seed,
                                                       progress=True, **sampling_kwargs(args, setup.dataset))
     result = evaluation.score_samples(setup.judge, images, labels, setup.reference)
+    result["real_digits"] = evaluation.real_data_scores(setup, len(images))  # the floor, beside each
     result.update(sampler=sampling_title(args), sampling_seconds=round(seconds, 1),
                   checkpoint=str(args.ckpt or models.DEFAULT_CHECKPOINT),
                   judge=str(args.judge or evaluation.judge_path(setup.dataset)))

@@ -67,10 +67,23 @@ def score_samples(judge: Classifier, images, labels, reference_features=None) ->
     (the judge's features of real images) when given. Plain numbers, JSON-ready."""
     logits, features = predict(judge, images)
     result = {"num_samples": len(labels), "accuracy": metrics.accuracy(logits, labels),
-              "diversity": metrics.diversity(features, labels)}
+              "diversity": metrics.diversity(features, labels),
+              "pixels_outside_range": metrics.out_of_range_fraction(images),
+              "background_noise": metrics.background_noise(images)}
     if reference_features is not None:
         result["classifier_fid"] = metrics.feature_fid(features, reference_features)
     return result
+
+
+def real_data_scores(setup: "Setup", num: int) -> dict:
+    """What real digits score on the same measures: the held-out images' out-of-range fraction
+    and background noise, and the classifier FID of `num` real training images against the
+    held-out reference, the floor that a perfect model's samples would reach."""
+    train = data.to_model_range(setup.train_images[:num])
+    return {"num_train_images": len(train),
+            "classifier_fid": metrics.feature_fid(reference_features(setup.judge, train), setup.reference),
+            "pixels_outside_range": metrics.out_of_range_fraction(setup.heldout),
+            "background_noise": metrics.background_noise(setup.heldout)}
 
 
 def reference_features(judge: Classifier, images) -> np.ndarray:
@@ -89,6 +102,7 @@ class Setup:
     heldout_labels: np.ndarray  # (N,)
     reference: np.ndarray  # the judge's features of the held-out images (classifier-FID reference)
     dataset: str
+    train_images: np.ndarray  # the training images, uint8 (N, H, W, C): real data's scores
 
 
 def judge_path(dataset: str):
@@ -105,7 +119,7 @@ def load_setup(ckpt=None, judge=None, data_dir=None) -> Setup:
     models.check_same_dataset(dataset, judge_meta, path, "the judge")
     if judge_model.config.noised:
         raise ValueError(f"{path} is a noised classifier; the judge must be a clean evaluation classifier")
-    _, (images, labels) = data.load_train_and_heldout(dataset, data_dir)
+    (train_images, _), (images, labels) = data.load_train_and_heldout(dataset, data_dir)
     heldout = data.to_model_range(images)
     return Setup(model, models.schedule_of(meta), judge_model, heldout, np.asarray(labels),
-                 reference_features(judge_model, heldout), dataset)
+                 reference_features(judge_model, heldout), dataset, train_images)

@@ -9,6 +9,8 @@
   values are comparable only with each other, never with published FIDs.
 - diversity: mean pairwise feature distance within a class (guidance trades this away).
 - PSNR / MSE for reconstructions, for images in [-1, 1] (data range 2).
+- out-of-range fraction and background noise: how clean samples are as pictures (pixels beyond
+  [-1, 1] before any clip; grey speckle away from the strokes). Both are 0 for real MNIST digits.
 """
 
 from __future__ import annotations
@@ -81,3 +83,32 @@ def psnr(x: np.ndarray, y: np.ndarray, data_range: float = 2.0) -> np.ndarray:
     """
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(data_range**2 / mse(x, y))
+
+
+def out_of_range_fraction(images: np.ndarray, bound: float = 1.05) -> float:
+    """Fraction of pixel values with |x| > bound, before any clipping: how far samples leave the
+    data range [-1, 1] (real images: 0). bound = 1.05 ignores round-off at the edges."""
+    x = np.asarray(images, np.float64)
+    return float(np.mean(np.abs(x) > bound))
+
+
+def background_mask(images: np.ndarray, radius: int = 3, ink: float = 0.0) -> np.ndarray:
+    """(N, H, W) True where a pixel is farther than `radius` pixels (Chebyshev distance) from every
+    pixel above `ink`: the background of a light-on-dark digit, away from its strokes. Colour
+    images use the channel mean."""
+    strokes = np.asarray(images, np.float64).mean(axis=-1) > ink  # (N, H, W)
+    near = np.zeros_like(strokes)
+    padded = np.pad(strokes, ((0, 0), (radius, radius), (radius, radius)))
+    H, W = strokes.shape[1:]
+    for dy in range(2 * radius + 1):  # dilation by a (2r+1) x (2r+1) square
+        for dx in range(2 * radius + 1):
+            near |= padded[:, dy:dy + H, dx:dx + W]
+    return ~near
+
+
+def background_noise(images: np.ndarray, radius: int = 3, ink: float = 0.0) -> float:
+    """Mean |x + 1| over the background pixels of all images (background_mask): how far the
+    background is from pure black (-1). Real MNIST digits: 0. NaN if no pixel is background."""
+    x = np.asarray(images, np.float64).mean(axis=-1)  # (N, H, W)
+    mask = background_mask(images, radius, ink)
+    return float(np.abs(x[mask] + 1.0).mean()) if mask.any() else float("nan")

@@ -169,3 +169,8 @@ def test_eval_with_one_sample_per_class_writes_valid_json(capsys, tmp_path):
 
     result = json.loads((tmp_path / "e.json").read_text(), parse_constant=no_nan)
     assert result["num_samples"] == 10 and result["diversity"] is None  # one per class: no pairs
+    # beside the samples' picture measures, real digits' (held-out: 0 outside, 3.9e-5 background)
+    real = result["real_digits"]
+    assert real["pixels_outside_range"] == 0 and real["background_noise"] < 1e-3
+    assert real["num_train_images"] == 10 and real["classifier_fid"] > 0
+    assert 0 <= result["pixels_outside_range"] <= 1 and result["background_noise"] >= 0

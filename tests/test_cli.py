@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from minidiff import checkpoint
 from tests.helpers import REPO, data_dir
 
 
@@ -185,9 +186,11 @@ def test_a_second_training_on_one_run_directory_is_refused_until_the_first_is_ki
         second.stderr
     first.send_signal(signal.SIGKILL)
     first.wait()
-    third = minidiff(*_train_args(run, "--steps", 12, "--log-every", 1, "--ckpt-every", 5,
+    resumed_from = checkpoint.read_metadata(run / "ckpt.npz")["step"]
+    third = minidiff(*_train_args(run, "--steps", resumed_from + 3, "--log-every", 1, "--ckpt-every", 5,
                                   "--lr-schedule", "constant"))
-    assert third.returncode == 0 and "done: step 12" in third.stdout, third.stderr
+    assert third.returncode == 0 and f"(starting at step {resumed_from})" in third.stdout, third.stderr
+    assert f"done: step {resumed_from + 3}" in third.stdout, third.stdout
 
 
 @pytest.mark.slow

@@ -41,3 +41,20 @@ def test_accuracy_and_diversity():
     assert metrics.diversity(f, [0, 0, 1, 1]) == pytest.approx(2.5)  # (5 + 0) / 2
     with pytest.raises(ValueError, match="features must be"):
         metrics.gaussian_stats(np.zeros(5))
+
+
+def test_out_of_range_fraction_counts_values_beyond_the_bound():
+    x = np.zeros((2, 2, 2, 1))
+    x[0, 0, 0, 0], x[1, 1, 1, 0], x[1, 0, 1, 0] = -1.2, 1.06, 1.04  # two beyond 1.05, one within
+    assert metrics.out_of_range_fraction(x) == 2 / 8
+
+
+def test_background_noise_by_hand():
+    x = np.full((1, 11, 11, 1), -1.0)
+    x[0, 5, 5, 0] = 1.0           # one ink pixel: everything within 3 pixels of it is "near"
+    x[0, 0, 0, 0] = -0.5          # background, |x + 1| = 0.5
+    x[0, 2, 2, 0] = -0.9          # within 3 of the ink (Chebyshev 3): not background
+    mask = metrics.background_mask(x)
+    assert mask.sum() == 121 - 49 and not mask[0, 2, 2] and mask[0, 1, 1]
+    assert metrics.background_noise(x) == pytest.approx(0.5 / 72)
+    assert metrics.background_noise(np.full((1, 5, 5, 1), -1.0)) == 0.0  # a blank image
