@@ -168,8 +168,9 @@ def add_eval_parser(sub) -> None:
                        "often the clean evaluation classifier agrees with the label, the classifier "
                        "FID against the held-out real images (NOT comparable to Inception FID), "
                        "the within-class feature diversity, the fraction of pixels outside [-1, 1] "
-                       "(|x| > 1.05, before any clip) and the background noise (mean |x + 1| farther "
-                       "than 3 pixels from any stroke); under real_digits, the same for real images.")
+                       "(|x| > 1.05, before any clip) and the background noise (mean |x + 1| of the clipped "
+                       "image farther than 3 pixels from any stroke); under real_digits, the same for "
+                       "real images and the classifier FID of as many real training images.")
     p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
     p.add_argument("--judge", type=Path, default=None,
                    help="clean evaluation classifier (default data/checkpoints/DATASET_classifier.npz)")

@@ -9,8 +9,8 @@
   values are comparable only with each other, never with published FIDs.
 - diversity: mean pairwise feature distance within a class (guidance trades this away).
 - PSNR / MSE for reconstructions, for images in [-1, 1] (data range 2).
-- out-of-range fraction and background noise: how clean samples are as pictures (pixels beyond
-  [-1, 1] before any clip; grey speckle away from the strokes). Both are 0 for real MNIST digits.
+- out-of-range fraction and background noise: how clean samples are (pixels beyond [-1, 1]
+  before any clip; the grey speckle a picture shows away from the strokes). ~0 for real MNIST.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def background_mask(images: np.ndarray, radius: int = 3, ink: float = 0.0) -> np
 
 
 def background_noise(images: np.ndarray, radius: int = 3, ink: float = 0.0) -> float:
-    """Mean |x + 1| over the background pixels of all images (background_mask): how far the
-    background is from pure black (-1). Real MNIST digits: 0. NaN if no pixel is background."""
-    x = np.asarray(images, np.float64).mean(axis=-1)  # (N, H, W)
+    """Mean |x + 1| over the background pixels of all images (background_mask), after clipping to
+    [-1, 1]: the grey speckle a picture shows away from the strokes (values below -1 display as
+    black; out_of_range_fraction counts them). Real MNIST digits: ~0. NaN if no background."""
+    x = np.clip(np.asarray(images, np.float64), -1.0, 1.0).mean(axis=-1)  # (N, H, W)
     mask = background_mask(images, radius, ink)
     return float(np.abs(x[mask] + 1.0).mean()) if mask.any() else float("nan")

@@ -58,3 +58,5 @@ def test_background_noise_by_hand():
     assert mask.sum() == 121 - 49 and not mask[0, 2, 2] and mask[0, 1, 1]
     assert metrics.background_noise(x) == pytest.approx(0.5 / 72)
     assert metrics.background_noise(np.full((1, 5, 5, 1), -1.0)) == 0.0  # a blank image
+    x[0, 0, 1, 0] = -3.0          # below the range: shows as black, so adds nothing
+    assert metrics.background_noise(x) == pytest.approx(0.5 / 72)
