@@ -113,7 +113,7 @@ def judge_path(dataset: str):
 def load_setup(ckpt=None, judge=None, data_dir=None) -> Setup:
     """The U-Net (default: released MNIST) with its data set's evaluation classifier."""
     model, meta = models.load_model(ckpt)
-    dataset = meta.get("train", {}).get("dataset", "mnist")
+    dataset = models.dataset_of(meta) or "mnist"  # files from before datasets were recorded: MNIST
     path = judge or judge_path(dataset)
     judge_model, judge_meta = models.load_model(path, kind="classifier")
     models.check_same_dataset(dataset, judge_meta, path, "the judge")
