@@ -34,7 +34,7 @@ finite_float = _number(float, math.isfinite, "a finite number")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive, finite number")
 nonnegative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 probability = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
-decay = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+below_one = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")  # EMA decay, a percentile
 
 
 def labels(text: str) -> list[int]:

@@ -21,7 +21,7 @@ from minidiff.files import atomic_write, check_output_path, json_ready, write_js
 TRAIN_FLAGS = {"steps": arguments.positive_int, "batch_size": arguments.positive_int,
                "lr": arguments.positive_float, "warmup_steps": arguments.nonnegative_int,
                "weight_decay": arguments.nonnegative_float, "grad_clip": arguments.positive_float,
-               "ema_decay": arguments.decay, "p_uncond": arguments.probability, "seed": arguments.seed,
+               "ema_decay": arguments.below_one, "p_uncond": arguments.probability, "seed": arguments.seed,
                "log_every": arguments.positive_int, "ckpt_every": arguments.positive_int,
                "sample_every": arguments.nonnegative_int, "snapshot_every": arguments.nonnegative_int}
 
@@ -87,12 +87,12 @@ def add_sample_parser(sub) -> None:
     add_sampling_arguments(p)
     p.add_argument("--labels", type=arguments.labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes)")
     p.add_argument("--per-label", type=arguments.positive_int, default=10, help="samples per label (one grid row each)")
-    p.add_argument("--clip-x0", action="store_true", help="clip predicted x0 to [-1, 1] at each step")
     p.add_argument("--batch-size", type=arguments.positive_int, default=250,
                    help="samples drawn at once (memory; default %(default)s)")
     p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"),
-                   help=".png for a picture grid, .npz for the raw images in [-1, 1] and labels")
+                   help=".png for a picture grid; .npz for arrays: images (clipped to [-1, 1], as the "
+                        "picture shows them), raw (the sampler's final values, unclipped) and labels")
 
 
 def add_sampling_arguments(p) -> None:
@@ -107,6 +107,10 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--variance", choices=samplers.DDPM_VARIANCES, default="beta_tilde",
                    help="DDPM step variance; 'beta' with --steps is the DDIM paper's sigma-hat sampler")
     p.add_argument("--spacing", choices=samplers.SPACINGS, default="leading")
+    p.add_argument("--clip-x0", action="store_true", help="clip predicted x0 to [-1, 1] at each step")
+    p.add_argument("--dynamic-threshold", type=arguments.below_one, default=0.0, metavar="P",
+                   help="Imagen's dynamic thresholding of predicted x0 at percentile P, e.g. 0.995 "
+                        "(default 0: off)")
     p.add_argument("--guidance", type=arguments.finite_float, default=3.0,
                    help="CFG scale w (1: conditional, 0: unconditional); with --classifier, the "
                         "classifier-guidance scale on the unconditional model")
@@ -124,6 +128,7 @@ def sampling_kwargs(args, dataset: str | None) -> dict:
         clf, clf_meta = models.load_model(args.classifier, kind="classifier")
         models.check_same_dataset(dataset, clf_meta, args.classifier, "--classifier")
     return {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "variance": args.variance,
+            "clip_x0": args.clip_x0, "dynamic_threshold": args.dynamic_threshold,
             "guidance_scale": args.guidance, "spacing": args.spacing, "classifier": clf}
 
 
@@ -133,6 +138,10 @@ def sampling_title(args) -> str:
     name = f"{args.sampler.upper()}-{steps}" + (f", eta={args.eta}" if args.sampler == "ddim" else "")
     if args.sampler == "ddpm" and args.variance == "beta":
         name += " (sigma-hat)"
+    if args.clip_x0:
+        name += ", x0 clipped"
+    if args.dynamic_threshold:
+        name += f", dynamic threshold {args.dynamic_threshold:g}"
     return name + (f", classifier scale {args.guidance}" if args.classifier else f", CFG w={args.guidance}")
 
 
@@ -146,15 +155,16 @@ def run_sample(args) -> None:
     num_classes = model.config.num_classes
     wanted = list(range(num_classes)) if args.labels is None else args.labels
     labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
-    kwargs = dict(clip_x0=args.clip_x0, **sampling_kwargs(args, models.dataset_of(meta)))
+    kwargs = sampling_kwargs(args, models.dataset_of(meta))
     s, key, batches = models.schedule_of(meta), jax.random.PRNGKey(args.seed), []
     for i, start in enumerate(range(0, len(labels), args.batch_size)):
         batch_key = key if i == 0 else jax.random.fold_in(key, i)  # batch 0: the seed's own key
         batches.append(pipeline.generate(model, s, labels[start:start + args.batch_size], batch_key, **kwargs))
-    images = np.concatenate(batches)  # (N, H, W, C)
+    raw = np.concatenate(batches)  # (N, H, W, C), the sampler's final values
+    images = np.clip(raw, -1.0, 1.0)  # what every picture shows
     if args.out.suffix == ".npz":
         with atomic_write(args.out) as f:
-            np.savez(f, images=images, labels=labels)
+            np.savez(f, images=images, raw=raw, labels=labels)
     else:
         names = data.CLASS_NAMES.get(models.dataset_of(meta), range(num_classes))
         plotting.save_grid(args.out, images, args.per_label, row_labels=[names[v] for v in wanted],

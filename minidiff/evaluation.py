@@ -103,6 +103,7 @@ class Setup:
     reference: np.ndarray  # the judge's features of the held-out images (classifier-FID reference)
     dataset: str
     train_images: np.ndarray  # the training images, uint8 (N, H, W, C): real data's scores
+    train_labels: np.ndarray  # (N,)
 
 
 def judge_path(dataset: str):
@@ -119,7 +120,7 @@ def load_setup(ckpt=None, judge=None, data_dir=None) -> Setup:
     models.check_same_dataset(dataset, judge_meta, path, "the judge")
     if judge_model.config.noised:
         raise ValueError(f"{path} is a noised classifier; the judge must be a clean evaluation classifier")
-    (train_images, _), (images, labels) = data.load_train_and_heldout(dataset, data_dir)
+    (train_images, train_labels), (images, labels) = data.load_train_and_heldout(dataset, data_dir)
     heldout = data.to_model_range(images)
     return Setup(model, models.schedule_of(meta), judge_model, heldout, np.asarray(labels),
-                 reference_features(judge_model, heldout), dataset, train_images)
+                 reference_features(judge_model, heldout), dataset, train_images, np.asarray(train_labels))

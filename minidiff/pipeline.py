@@ -101,15 +101,17 @@ def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *,
 def generate(
     model: UNet, s: schedules.Schedule, labels, key, *, sampler: str = "ddim", steps: int | None = None,
     eta: float = 0.0, guidance_scale: float = 3.0, spacing: str = "leading", clip_x0: bool = False,
-    variance: str = "beta_tilde", classifier=None,
+    dynamic_threshold: float = 0.0, variance: str = "beta_tilde", classifier=None,
 ):
     """Class-conditional samples, one per label, with classifier-free guidance at w =
     guidance_scale, or classifier guidance at that scale when a noised classifier is given.
 
     sampler "ddim" (steps, default 50; eta; spacing) or "ddpm" (ancestral; all T steps unless
     steps is given; variance "beta_tilde", or "beta" for the DDIM paper's sigma-hat sampler).
-    Returns a NumPy array (N, H, W, C) in model range (not clipped: values outside [-1, 1]
-    occur); a non-finite result raises ValueError (check_finite).
+    clip_x0 / dynamic_threshold limit x0_pred inside every step (samplers.limit_x0; off by
+    default). Returns a NumPy array (N, H, W, C): the sampler's final values as they are, not
+    clipped (a model's samples can leave [-1, 1]; the CLI clips before it writes an image); a
+    non-finite result raises ValueError (check_finite).
     """
     labels = jnp.asarray(labels, jnp.int32)
     cfg = model.config
@@ -123,11 +125,12 @@ def generate(
     x_T = jax.random.normal(key_T, (labels.shape[0], cfg.image_size, cfg.image_size, cfg.in_channels))
     if sampler == "ddim":
         ts = samplers.make_timesteps(s.num_timesteps, 50 if steps is None else steps, spacing)
-        x0 = samplers.ddim_sample(eps_fn, s, x_T, ts, eta=eta, key=key_steps, y=labels, clip_x0=clip_x0)
+        x0 = samplers.ddim_sample(eps_fn, s, x_T, ts, eta=eta, key=key_steps, y=labels, clip_x0=clip_x0,
+                                 dynamic_threshold=dynamic_threshold)
     else:
         ts = None if steps is None else samplers.make_timesteps(s.num_timesteps, steps, spacing)
         x0 = samplers.ddpm_sample(eps_fn, s, x_T, key_steps, y=labels, timesteps=ts, variance=variance,
-                                  clip_x0=clip_x0)
+                                  clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
     return check_finite(x0, "sampling")
 
 

@@ -10,6 +10,7 @@ import matplotlib
 if "MPLBACKEND" not in os.environ:  # Jupyter kernels set it (inline figures); elsewhere: files only
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minidiff.data import from_model_range  # noqa: E402
@@ -71,22 +72,27 @@ def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None)
 
 
 def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx: bool = False,
-                logy: bool = False) -> Path:
+                logy: bool = False, xticks=None) -> Path:
     """Side-by-side line plots sharing an x axis, as PNG.
 
-    panels maps each panel's y label to {line label: (xs, ys)}; a line label of None draws
-    an unlabelled line (no legend).
+    panels maps each panel's y label to {line label: (xs, ys)} or (xs, ys, yerr) for error
+    bars; a line label of None draws an unlabelled line (no legend). xticks: the x values to
+    label, written as plain numbers (on a log axis too).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), dpi=110, squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0], panels.items()):
-        for label, (xs, ys) in lines.items():
-            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
+        for label, (xs, ys, *yerr) in lines.items():
+            ax.errorbar(xs, ys, yerr=yerr[0] if yerr else None, marker="o" if len(xs) < 20 else None,
+                        markersize=3, capsize=3, label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if logx:
             ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
+        if xticks is not None:
+            ax.set_xticks(list(xticks), [f"{v:g}" for v in xticks])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # no unlabelled log ticks
         ax.grid(alpha=0.3)
         if any(label is not None for label in lines):
             ax.legend(fontsize=7)

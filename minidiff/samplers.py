@@ -95,6 +95,34 @@ def check_variance(variance: str) -> None:
         raise ValueError(f"unknown variance {variance!r}; choose one of {DDPM_VARIANCES}")
 
 
+def limit_x0(x0_pred: jax.Array, clip_x0: bool = False, dynamic_threshold: float = 0.0) -> jax.Array:
+    """What a step does to x0_pred before using it: nothing (the default), clip it to [-1, 1]
+    (clip_x0; diffusers' clip_sample), or Imagen's dynamic thresholding (Saharia et al. 2022,
+    Sec. 2.3) at percentile p = dynamic_threshold in (0, 1), per image:
+
+        s = max(p-th quantile of |x0_pred|, 1),   x0_pred <- clip(x0_pred, -s, s) / s
+
+    so an image whose values stay in [-1, 1] is left alone and one that overshoots is scaled
+    back into range rather than flattened at +-1. Both are sampler options to show and
+    measure; minidiff's models are trained to sample cleanly with neither.
+    """
+    if dynamic_threshold:
+        flat = jnp.abs(x0_pred).reshape(x0_pred.shape[0], -1)  # (B, H*W*C)
+        scale = jnp.maximum(jnp.quantile(flat, dynamic_threshold, axis=1), 1.0)  # (B,)
+        scale = broadcast_to_image(scale, x0_pred)
+        return jnp.clip(x0_pred, -scale, scale) / scale
+    return jnp.clip(x0_pred, -1.0, 1.0) if clip_x0 else x0_pred
+
+
+def check_limit(clip_x0: bool, dynamic_threshold: float) -> None:
+    """One of clip_x0 and dynamic_threshold at most, the threshold a fraction in [0, 1)."""
+    if not 0.0 <= dynamic_threshold < 1.0:
+        raise ValueError(f"dynamic_threshold must be a percentile in (0, 1) (Imagen: 0.995), or 0 for "
+                         f"off; got {dynamic_threshold}")
+    if clip_x0 and dynamic_threshold:
+        raise ValueError("choose clip_x0 or dynamic_threshold, not both (the threshold clips already)")
+
+
 # --------------------------------------------------------------------------- one step
 
 
@@ -107,6 +135,7 @@ def ddim_step(
     eta: float = 0.0,
     noise: jax.Array | None = None,
     clip_x0: bool = False,
+    dynamic_threshold: float = 0.0,
 ) -> jax.Array:
     """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, Eq. 12 with sigma from Eq. 16).
 
@@ -118,14 +147,12 @@ def ddim_step(
 
     eta = 0 is deterministic DDIM; eta = 1 makes the step the DDPM ancestral step (its sigma^2
     is the posterior variance beta_tilde). t_prev = -1 steps to x_0 (alpha_bar_prev = 1).
-    With clip_x0, x0_pred is clipped to [-1, 1] in step 1 (diffusers' clip_sample); eps
+    With clip_x0 or dynamic_threshold, x0_pred is limited after step 1 (`limit_x0`); eps
     is left as predicted, as diffusers does by default.
     """
     _, one_minus_alpha_bar_t = alpha_bar_pair(s, t, x_t)
     alpha_bar_prev, one_minus_alpha_bar_prev = alpha_bar_pair(s, t_prev, x_t)
-    x0_pred = predict_x0_from_eps(s, x_t, t, eps)  # 1.
-    if clip_x0:
-        x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
+    x0_pred = limit_x0(predict_x0_from_eps(s, x_t, t, eps), clip_x0, dynamic_threshold)  # 1.
     sigma = eta * jnp.sqrt(
         one_minus_alpha_bar_prev / one_minus_alpha_bar_t * one_minus_alpha_ratio(s, t, t_prev, x_t)
     )  # 2.
@@ -145,6 +172,7 @@ def ddpm_step(
     t_prev: jax.Array | None = None,
     variance: str = "beta_tilde",
     clip_x0: bool = False,
+    dynamic_threshold: float = 0.0,
 ) -> jax.Array:
     """One ancestral step x_t -> x_{t_prev} ~ p(x_{t_prev} | x_t) (Ho et al. 2020, Algorithm 2).
 
@@ -156,14 +184,13 @@ def ddpm_step(
                      the "sigma-hat" variant of the DDIM paper's Table 1).
 
     t_prev defaults to t - 1; a strided step uses the effective beta = 1 - alpha_bar_t /
-    alpha_bar_{t_prev}. The last step (t_prev = -1) adds no noise.
+    alpha_bar_{t_prev}. The last step (t_prev = -1) adds no noise. clip_x0 and
+    dynamic_threshold limit x0_pred after step 1, as in `ddim_step`.
     """
     check_variance(variance)
     if t_prev is None:
         t_prev = jnp.asarray(t) - 1
-    x0_pred = predict_x0_from_eps(s, x_t, t, eps)  # 1.
-    if clip_x0:
-        x0_pred = jnp.clip(x0_pred, -1.0, 1.0)
+    x0_pred = limit_x0(predict_x0_from_eps(s, x_t, t, eps), clip_x0, dynamic_threshold)  # 1.
     mean, var = q_posterior_mean_variance(s, x0_pred, x_t, t, t_prev)  # 2.
     if noise is None:
         return mean
@@ -222,24 +249,24 @@ def _scan(step, x, ts, ts_to, keys, return_trajectory: bool):
     return x_last
 
 
-@partial(jax.jit, static_argnames=("clip_x0", "return_trajectory"))
-def _ddim_loop(eps_fn, s, x_T, ts, ts_prev, eta, keys, y, clip_x0, return_trajectory):
+@partial(jax.jit, static_argnames=("clip_x0", "dynamic_threshold", "return_trajectory"))
+def _ddim_loop(eps_fn, s, x_T, ts, ts_prev, eta, keys, y, clip_x0, dynamic_threshold, return_trajectory):
     stochastic = keys is not None
 
     def step(x, t, t_prev, key):
         eps = eps_fn(x, t, y)
         noise = jax.random.normal(key, x.shape, x.dtype) if stochastic else None
-        return ddim_step(s, x, eps, t, t_prev, eta, noise, clip_x0)
+        return ddim_step(s, x, eps, t, t_prev, eta, noise, clip_x0, dynamic_threshold)
 
     return _scan(step, x_T, ts, ts_prev, keys, return_trajectory)
 
 
-@partial(jax.jit, static_argnames=("variance", "clip_x0", "return_trajectory"))
-def _ddpm_loop(eps_fn, s, x_T, ts, ts_prev, keys, y, variance, clip_x0, return_trajectory):
+@partial(jax.jit, static_argnames=("variance", "clip_x0", "dynamic_threshold", "return_trajectory"))
+def _ddpm_loop(eps_fn, s, x_T, ts, ts_prev, keys, y, variance, clip_x0, dynamic_threshold, return_trajectory):
     def step(x, t, t_prev, key):
         eps = eps_fn(x, t, y)
         noise = jax.random.normal(key, x.shape, x.dtype)
-        return ddpm_step(s, x, eps, t, noise, t_prev, variance, clip_x0)
+        return ddpm_step(s, x, eps, t, noise, t_prev, variance, clip_x0, dynamic_threshold)
 
     return _scan(step, x_T, ts, ts_prev, keys, return_trajectory)
 
@@ -269,16 +296,18 @@ def _prepare(eps_fn, s: Schedule, x, timesteps, y):
 
 def ddim_sample(
     eps_fn: EpsFn, s: Schedule, x_T, timesteps, eta: float = 0.0, key=None, y=None,
-    clip_x0: bool = False, return_trajectory: bool = False,
+    clip_x0: bool = False, dynamic_threshold: float = 0.0, return_trajectory: bool = False,
 ):
     """Generate x_0 from x_T with DDIM (Song et al. 2021, Eq. 12) over the given timesteps.
 
     timesteps: descending, e.g. make_timesteps(T, 50). eta in [0, inf): 0 deterministic, 1 the
     DDPM posterior variance. A key is required when eta > 0 (one normal draw per step from
-    jax.random.split(key, num_steps), the same draws as `ddpm_sample`). Returns x_0 of the
-    shape of x_T, or (x_0, trajectory) with trajectory (num_steps + 1, *x_T.shape).
+    jax.random.split(key, num_steps), the same draws as `ddpm_sample`). clip_x0 and
+    dynamic_threshold: see `limit_x0` (both off by default). Returns x_0 of the shape of x_T,
+    or (x_0, trajectory) with trajectory (num_steps + 1, *x_T.shape).
     """
     fn, ts, y = _prepare(eps_fn, s, x_T, timesteps, y)
+    check_limit(clip_x0, dynamic_threshold)
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if eta > 0 and key is None:
@@ -286,12 +315,12 @@ def ddim_sample(
     keys = None if key is None or eta == 0 else jax.random.split(key, len(ts))
     ts, ts_prev = step_pairs(ts)
     return _ddim_loop(fn, s, jnp.asarray(x_T), ts, ts_prev, jnp.float32(eta), keys, y,
-                      clip_x0, return_trajectory)
+                      clip_x0, float(dynamic_threshold), return_trajectory)
 
 
 def ddpm_sample(
     eps_fn: EpsFn, s: Schedule, x_T, key, y=None, timesteps=None, variance: str = "beta_tilde",
-    clip_x0: bool = False, return_trajectory: bool = False,
+    clip_x0: bool = False, dynamic_threshold: float = 0.0, return_trajectory: bool = False,
 ):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2), by default over all T steps.
 
@@ -302,12 +331,13 @@ def ddpm_sample(
     if key is None:
         raise ValueError("ddpm_sample needs a key: every step draws fresh noise")
     check_variance(variance)
+    check_limit(clip_x0, dynamic_threshold)
     timesteps = np.arange(s.num_timesteps)[::-1] if timesteps is None else timesteps
     fn, ts, y = _prepare(eps_fn, s, x_T, timesteps, y)
     keys = jax.random.split(key, len(ts))
     ts, ts_prev = step_pairs(ts)
     return _ddpm_loop(fn, s, jnp.asarray(x_T), ts, ts_prev, keys, y, variance, clip_x0,
-                      return_trajectory)
+                      float(dynamic_threshold), return_trajectory)
 
 
 def ddim_invert(eps_fn: EpsFn, s: Schedule, x0, timesteps, y=None, return_trajectory: bool = False):

@@ -3,11 +3,13 @@ numbers they report have the properties the full runs rely on."""
 
 import json
 
+import numpy as np
 import pytest
 from flax import nnx
 
 from minidiff import classifier, data, evaluation, experiments, inversion, train
 from minidiff.experiments.__main__ import main
+from minidiff.experiments.diagnosis import LOSS_TIMESTEPS
 from tests.helpers import TINY_UNET, data_dir
 
 
@@ -44,10 +46,15 @@ def test_inversion_experiment(setup, tmp_path):
 
 @pytest.mark.slow
 def test_sampler_table(setup, tmp_path):
-    result = experiments.sampler_table(setup, tmp_path, per_label=2, steps=(2, 4), etas=(0.0, 1.0))
+    result = experiments.sampler_table(setup, tmp_path, per_label=2, steps=(2, 4), etas=(0.0, 1.0), seeds=2)
     assert [(r["steps"], r["eta"]) for r in result["rows"]] == [
         (2, 0.0), (2, 1.0), (2, "sigma-hat"), (4, 0.0), (4, 1.0), (4, "sigma-hat")]
     assert all(r["classifier_fid"] > 0 and r["num_samples"] == 20 for r in result["rows"])
+    for r in result["rows"]:  # the mean and spread of the two seeds' own values
+        fids = r["classifier_fid_per_seed"]
+        assert len(fids) == 2 and fids[0] != fids[1]
+        np.testing.assert_allclose(r["classifier_fid"], np.mean(fids))
+        np.testing.assert_allclose(r["classifier_fid_std"], np.std(fids, ddof=1))
     for name in ("sampler_table.json", "sampler_table.png", "sampler_table_samples.png"):
         assert (tmp_path / name).exists()
 
@@ -91,3 +98,16 @@ def test_command_line_errors_are_clear(tmp_path, capsys):
         pytest.skip("MNIST files not available")
     assert main(["time-to-quality", "--run", str(tmp_path), "--data-dir", str(data_dir())]) == 2
     assert "no snapshots" in capsys.readouterr().err
+
+
+def test_diagnosis_on_the_released_model(setup, tmp_path):
+    result = experiments.diagnosis(setup, tmp_path, guidance=(1.0,), num=20, per_label=1)
+    loss = result["eps_loss"]
+    assert [r["t"] for r in loss] == list(LOSS_TIMESTEPS)
+    # Noise is hardest to predict at small t (least of it in x_t): the loss falls with t.
+    assert loss[0]["heldout_loss"] > loss[-1]["heldout_loss"]
+    trajectory = result["trajectories"][0]
+    assert [r["t"] for r in trajectory["rows"]] == list(range(980, -1, -20))
+    # At t = 0, x0_pred is the sample the sampler returns: the last row and the final agree.
+    assert trajectory["rows"][-1]["x0_pred_outside"] == pytest.approx(trajectory["final"]["outside"], abs=1e-6)
+    assert (tmp_path / "diagnosis.json").exists() and (tmp_path / "diagnosis.png").exists()

@@ -34,7 +34,7 @@ LAYERS = [
     ("models and training", {"classifier_train"}),
     ("tools", {"bench", "assignments", "experiments.common", "arguments"}),
     ("tools", {"experiments.sampling", "experiments.inversion", "experiments.reconstruction",
-               "experiments.time_to_quality"}),
+               "experiments.time_to_quality", "experiments.diagnosis"}),
     ("tools", {"experiments"}),
     ("tools", {"experiments.__main__", "cli"}),
     ("tools", {"__main__"}),

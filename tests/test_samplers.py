@@ -71,6 +71,32 @@ def test_ddim_step_hand_computed():
     np.testing.assert_allclose(float(got[0, 0]), x0, rtol=1e-5)
 
 
+def test_dynamic_threshold_hand_computed():
+    # Image 0: |x| = 0.1, 0.2, ..., 2.0 (20 values), p = 0.9 -> quantile 1.81 (numpy's linear rule:
+    # position 0.9 * 19 = 17.1 between 1.8 and 1.9), so every value is clipped to +-1.81 and
+    # divided by 1.81. Image 1 stays inside [-1, 1]: its scale is max(quantile, 1) = 1, untouched.
+    signs = np.where(np.arange(20) % 2, -1.0, 1.0)
+    big = signs * np.arange(1, 21) / 10
+    small = np.linspace(-0.9, 0.9, 20)
+    x0 = jnp.asarray(np.stack([big, small]).reshape(2, 4, 5, 1), jnp.float32)
+    got = np.asarray(samplers.limit_x0(x0, dynamic_threshold=0.9)).reshape(2, 20)
+    scale = 1.8 + 0.1 * 0.1
+    np.testing.assert_allclose(got[0], np.clip(big, -scale, scale) / scale, rtol=1e-5)
+    np.testing.assert_allclose(got[1], small, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(samplers.limit_x0(x0, clip_x0=True)).reshape(2, 20)[0],
+                               np.clip(big, -1, 1))
+    assert samplers.limit_x0(x0) is x0  # off by default: x0_pred as predicted
+
+
+def test_ddim_step_applies_the_dynamic_threshold_to_x0_pred():
+    t, t_prev, x_t, eps = 500, 400, 3.0, -0.3
+    a, ap = ABAR64[t], ABAR64[t_prev]
+    x0 = (x_t - np.sqrt(1 - a) * eps) / np.sqrt(a)  # > 1, alone in its image: scale = |x0|
+    got = samplers.ddim_step(S, jnp.array([[x_t]]), jnp.array([[eps]]), jnp.array([t]), jnp.array([t_prev]),
+                             dynamic_threshold=0.995)
+    np.testing.assert_allclose(float(got[0, 0]), np.sqrt(ap) * 1.0 + np.sqrt(1 - ap) * eps, rtol=1e-5)
+
+
 def test_ddpm_step_hand_computed_eq_11():
     t, x_t, eps, z = 700, 0.4, 0.9, -0.7
     beta, a, ap = 1 - ABAR64[t] / ABAR64[t - 1], ABAR64[t], ABAR64[t - 1]
@@ -261,6 +287,9 @@ def _eps(x, t, y):
         (lambda: samplers.ddpm_sample(_eps, S, jnp.zeros((2, 3)), None), "needs a key"),
         (lambda: samplers.ddpm_sample(_eps, S, jnp.zeros((2, 3)), jax.random.PRNGKey(0), variance="big"), "unknown variance"),
         (lambda: samplers.ddim_invert(_eps, S, jnp.zeros((2, 3)), [5.0, 1.0]), "integers"),
+        (lambda: samplers.ddim_sample(_eps, S, jnp.zeros((2, 3)), [20, 10], dynamic_threshold=1.0), "percentile"),
+        (lambda: samplers.ddpm_sample(_eps, S, jnp.zeros((2, 3)), jax.random.PRNGKey(0), clip_x0=True,
+                                      dynamic_threshold=0.99), "not both"),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(call, match):

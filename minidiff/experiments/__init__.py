@@ -5,15 +5,17 @@
     python -m minidiff.experiments guidance            # CFG and classifier guidance sweeps
     python -m minidiff.experiments inversion           # DDIM vs null-class inversion, edits
     python -m minidiff.experiments time-to-quality --run runs/mnist   # accuracy vs training time
+    python -m minidiff.experiments diagnosis           # eps loss per t; x0_pred along trajectories
 
 Each has --help; sample counts are flags, so a GPU run can scale them up. Each takes an
 evaluation.Setup (evaluation.load_setup: the model, its schedule, the judge, held-out data).
 """
 
+from minidiff.experiments.diagnosis import diagnosis
 from minidiff.experiments.inversion import inversion_experiment
 from minidiff.experiments.reconstruction import reconstruction_table
 from minidiff.experiments.sampling import guidance_sweep, plot_guidance, sampler_table
 from minidiff.experiments.time_to_quality import time_to_quality
 
-__all__ = ["guidance_sweep", "inversion_experiment", "plot_guidance",
+__all__ = ["diagnosis", "guidance_sweep", "inversion_experiment", "plot_guidance",
            "reconstruction_table", "sampler_table", "time_to_quality"]

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=ints, default=(10, 20, 50, 100), help="comma-separated step counts")
     p.add_argument("--etas", type=floats, default=(0.0, 0.2, 0.5, 1.0))
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the samples (1: conditional)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per cell (means and the FID's spread over them)")
     p = add("reconstruction", "DDIM Table 2 analogue: encode-decode MSE of held-out images vs steps")
     p.add_argument("--num", type=int, default=64, help="held-out images")
     p.add_argument("--steps", type=ints, default=(10, 20, 50, 100, 1000))
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
     p.add_argument("--per-label", type=int, default=10)
     p.add_argument("--scales", type=floats, default=(1.0, 2.0, 3.0))
+    p = add("diagnosis", "eps loss per timestep (training vs held-out digits) and x0_pred along DDIM trajectories")
+    p.add_argument("--guidance", type=floats, default=(1.0, 3.0), help="CFG scales of the trajectories")
+    p.add_argument("--num", type=int, default=1000, help="training and held-out images for the loss")
+    p.add_argument("--per-label", type=int, default=20, help="trajectories per class")
+    p.add_argument("--name", default="diagnosis", help="output file name (NAME.json, NAME.png)")
     return parser
 
 
@@ -65,7 +71,7 @@ def main(argv=None) -> int:
         out = args.out_dir
         if args.experiment == "sampler-table":
             experiments.sampler_table(setup, out, per_label=args.per_label, steps=args.steps, etas=args.etas,
-                                      guidance=args.guidance)
+                                      guidance=args.guidance, seeds=args.seeds)
         elif args.experiment == "reconstruction":
             experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps)
         elif args.experiment == "guidance":
@@ -78,6 +84,9 @@ def main(argv=None) -> int:
         elif args.experiment == "inversion":
             experiments.inversion_experiment(setup, out, num=args.num, guidance=args.guidance, steps=args.steps,
                                              batch=args.batch)
+        elif args.experiment == "diagnosis":
+            experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
+                                  name=args.name)
         else:
             experiments.time_to_quality(setup, args.run, out, scales=args.scales, per_label=args.per_label)
     except (ValueError, FileNotFoundError) as err:

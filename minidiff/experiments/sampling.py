@@ -27,31 +27,51 @@ def _measure(setup: Setup, per_label: int, seed: int, **sampling) -> tuple[dict,
     return row, images
 
 
+def _over_seeds(rows: list[dict]) -> dict:
+    """One table cell from its per-seed rows: every number's mean, and the classifier FID's
+    standard deviation and per-seed values (the spread that says whether two cells differ)."""
+    cell = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], (int, float))}
+    cell["num_samples"] = rows[0]["num_samples"]
+    fids = [r["classifier_fid"] for r in rows]
+    cell.update(seeds=len(rows), classifier_fid_std=float(np.std(fids, ddof=1)) if len(rows) > 1 else 0.0,
+                classifier_fid_per_seed=fids)
+    return cell
+
+
 def sampler_table(setup: Setup, out_dir, per_label: int = 50, steps=(10, 20, 50, 100),
                   etas=(0.0, 0.2, 0.5, 1.0), sigma_hat: bool = True, guidance: float = 1.0,
-                  seed: int = 0) -> dict:
+                  seeds: int = 1) -> dict:
     """DDIM Table 1 analogue: classifier FID for S steps x eta, plus the sigma-hat sampler
     (Song et al. 2021, Sec. 5.1: sigma_t = sqrt(1 - alpha_t / alpha_{t-1}), i.e. DDPM with
-    variance beta over the same strided steps). Samples are conditional at CFG w = guidance."""
-    result = {"experiment": "sampler_table", "per_label": per_label, "guidance": guidance, "rows": []}
+    variance beta over the same strided steps). Samples are conditional at CFG w = guidance.
+    Each cell is drawn with seeds 0..seeds-1 (the same noise in every cell of a seed) and
+    reports means, with the classifier FID's spread over seeds."""
+    result = {"experiment": "sampler_table", "per_label": per_label, "guidance": guidance, "seeds": seeds,
+              "rows": []}
     pictures = {}
     variants = [(eta, {"sampler": "ddim", "eta": eta}) for eta in etas]
     if sigma_hat:
         variants.append((SIGMA_HAT, {"sampler": "ddpm", "variance": "beta"}))
     for S in steps:
         for name, sampling in variants:
-            row, images = _measure(setup, per_label, seed, steps=S, guidance_scale=guidance, **sampling)
-            row = {"steps": S, "eta": name, **row}
+            per_seed = []
+            for seed in range(seeds):
+                row, images = _measure(setup, per_label, seed, steps=S, guidance_scale=guidance, **sampling)
+                per_seed.append(row)
+                if seed == 0 and S == min(steps) and name in (0.0, 1.0):
+                    pictures[f"S={S}, eta={name}"] = per_class_grid(images, per_label, show=1)
+            row = {"steps": S, "eta": name, **_over_seeds(per_seed)}
             result["rows"].append(row)
             log_row(row)
-            if S == min(steps) and name in (0.0, 1.0):
-                pictures[f"S={S}, eta={name}"] = per_class_grid(images, per_label, show=1)
     lines = {f"eta = {name}" if name != SIGMA_HAT else SIGMA_HAT:
              ([r["steps"] for r in result["rows"] if r["eta"] == name],
-              [r["classifier_fid"] for r in result["rows"] if r["eta"] == name]) for name, _ in variants}
+              [r["classifier_fid"] for r in result["rows"] if r["eta"] == name],
+              [r["classifier_fid_std"] for r in result["rows"] if r["eta"] == name]) for name, _ in variants}
+    spread = f", mean and std over {seeds} seeds" if seeds > 1 else ""
     plotting.save_panels(out_dir / "sampler_table.png", {"classifier FID (lower is better)": lines},
-                         "sampling steps S", logx=True,
-                         title=f"DDIM steps x eta ({setup.model.config.num_classes * per_label} samples each, w = {guidance})")
+                         "sampling steps S", logx=True, xticks=list(steps),
+                         title=f"DDIM steps x eta ({setup.model.config.num_classes * per_label} samples per cell, "
+                               f"w = {guidance:g}{spread})")
     if pictures:
         plotting.save_grid(out_dir / "sampler_table_samples.png", np.concatenate(list(pictures.values())),
                            len(next(iter(pictures.values()))), row_labels=list(pictures),
