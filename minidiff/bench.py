@@ -76,8 +76,8 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
     """All measurements as a dict (see the module docstring)."""
     config = config or UNetConfig.mnist()
     model = models.build_model(config)
-    eps_fn = pipeline.unet_eps_fn(model)
     s = schedules.linear_schedule()
+    eps_fn = pipeline.unet_eps_fn(model, s)
     shape = (config.image_size, config.image_size, config.in_channels)
     key = jax.random.PRNGKey(0)
 

@@ -45,6 +45,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--channels", type=arguments.channels, default=None,
                    help="U-Net widths per level, e.g. 32,64,128 (default: the dataset's preset)")
     from minidiff import schedules, train
+    from minidiff.unet import PREDICTIONS
+    p.add_argument("--prediction", choices=PREDICTIONS, default=None,
+                   help="what the U-Net outputs and its loss: eps (DDPM's L_simple) or v (Salimans & Ho "
+                        "2022); samplers see eps either way (default: the dataset's preset)")
     defaults = train.TrainConfig()
     for name, kind in TRAIN_FLAGS.items():
         value = getattr(defaults, name)
@@ -67,6 +71,8 @@ def run_train(args) -> None:
     unet_cfg = UNetConfig.cifar() if args.dataset == "cifar10" else UNetConfig.mnist()
     if args.channels:
         unet_cfg = dataclasses.replace(unet_cfg, channels=args.channels)
+    if args.prediction:
+        unet_cfg = dataclasses.replace(unet_cfg, prediction=args.prediction)
     (images, labels), _ = data.load_train_and_heldout(args.dataset, args.data_dir)
     run_dir = args.out or Path("runs") / args.dataset
     trainer = train.Trainer(unet_cfg, cfg, run_dir, images, labels)

@@ -84,6 +84,23 @@ def predict_eps_from_x0(s: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array
     return (x_t - jnp.sqrt(alpha_bar_t) * x0) / jnp.sqrt(one_minus_alpha_bar_t)
 
 
+def v_from_eps(s: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """The velocity target of v-prediction (Salimans & Ho 2022, Sec. 4 and Appendix D):
+    v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
+    alpha_bar_t, one_minus_alpha_bar_t = alpha_bar_pair(s, t, x0)
+    return jnp.sqrt(alpha_bar_t) * eps - jnp.sqrt(one_minus_alpha_bar_t) * x0
+
+
+def eps_from_v(s: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
+    """A v-prediction network's output as the noise it implies:
+    eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t (substitute x_t = q_sample and v =
+    v_from_eps: the x_0 terms cancel). Near t = T, where alpha_bar_t -> 0, eps ~ x_t and
+    x0_pred = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v ~ -v: the network names x_0
+    directly instead of through a division by sqrt(alpha_bar_t)."""
+    alpha_bar_t, one_minus_alpha_bar_t = alpha_bar_pair(s, t, x_t)
+    return jnp.sqrt(alpha_bar_t) * v + jnp.sqrt(one_minus_alpha_bar_t) * x_t
+
+
 def q_posterior_mean_variance(
     s: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array, t_prev: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -113,15 +130,29 @@ def q_posterior_mean_variance(
     return mean, var
 
 
-def ddpm_loss(eps_fn: EpsFn, s: Schedule, x0: jax.Array, y: jax.Array | None, key: jax.Array) -> jax.Array:
-    """The simplified DDPM objective L_simple (Ho et al. 2020, Eq. 14 and Algorithm 1):
+LOSS_WEIGHTINGS = ("eps", "v")
 
-        E_{t ~ U{0..T-1}, eps ~ N(0, I)} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2,
 
-    averaged over pixels and the batch. eps_fn(x_t, t, y) is the noise predictor.
+def ddpm_loss(eps_fn: EpsFn, s: Schedule, x0: jax.Array, y: jax.Array | None, key: jax.Array,
+              weighting: str = "eps") -> jax.Array:
+    """The DDPM objective, averaged over pixels and the batch, t ~ U{0..T-1}, eps ~ N(0, I):
+
+        "eps": L_simple (Ho et al. 2020, Eq. 14 and Algorithm 1)
+               E || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
+        "v":   the v-prediction loss (Salimans & Ho 2022) E || v - v_theta ||^2, computed from
+               the eps it implies: eps_theta - eps = sqrt(alpha_bar_t) (v_theta - v)
+               (eps_from_v), so it is L_simple weighted by 1 / alpha_bar_t = 1 + 1 / SNR(t),
+               which weighs the x_0 error of the noisiest steps as much as the others.
+
+    eps_fn(x_t, t, y) is the noise predictor (a v-network seen through eps_from_v).
     """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}")
     key_t, key_eps = jax.random.split(key)
     t = jax.random.randint(key_t, (x0.shape[0],), 0, s.num_timesteps)  # (B,)
     eps = jax.random.normal(key_eps, x0.shape, x0.dtype)  # (B, H, W, C)
     x_t = q_sample(s, x0, t, eps)
-    return jnp.mean((eps_fn(x_t, t, y) - eps) ** 2)
+    squared = (eps_fn(x_t, t, y) - eps) ** 2  # (B, H, W, C)
+    if weighting == "v":
+        squared = squared / per_example(s.alphas_cumprod, t, x0)
+    return jnp.mean(squared)

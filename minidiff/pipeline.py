@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.tree_util import Partial
 
-from minidiff import guidance, inversion, samplers, schedules
+from minidiff import diffusion, guidance, inversion, samplers, schedules
 from minidiff.classifier import Classifier
 from minidiff.contracts import EmbEpsFn, EpsFn, LogProbFn
 from minidiff.unet import UNet
@@ -26,29 +26,49 @@ SAMPLERS = ("ddim", "ddpm")
 INVERSION_METHODS = ("ddim", "null")  # plain DDIM inversion; null-class inversion
 
 
+def as_eps(model: UNet, s: schedules.Schedule | None, x_t, t, out):
+    """The network's output as eps: itself for an eps-prediction U-Net, eps_from_v for a
+    v-prediction one (which needs the schedule s it was trained with)."""
+    if model.config.prediction == "eps":
+        return out
+    if s is None:
+        raise ValueError("this U-Net predicts v (config.prediction = 'v'): give its noise schedule "
+                         "(models.schedule_of(metadata)) to turn its output into eps")
+    return diffusion.eps_from_v(s, x_t, t, out)
+
+
 @functools.lru_cache(maxsize=None)
 def _apply(graphdef, with_embedding: bool = False):
     """One function per network structure, so jit caches by structure, not by weights.
     The conditioning c is a label (B,) or, with_embedding, a class-embedding vector (B, D)."""
 
-    def apply(params, x_t, t, c):
+    def apply(params, s, x_t, t, c):
         model = nnx.merge(graphdef, params)
-        return model(x_t, t, class_emb=c) if with_embedding else model(x_t, t, c)
+        out = model(x_t, t, class_emb=c) if with_embedding else model(x_t, t, c)
+        return as_eps(model, s, x_t, jnp.broadcast_to(t, (x_t.shape[0],)), out)
 
     return apply
 
 
-def unet_eps_fn(model: UNet) -> EpsFn:
-    """eps_fn(x_t, t, y) running the model, with its weights as traced arguments."""
+def _check_schedule(model: UNet, s) -> None:
+    if model.config.prediction != "eps" and s is None:
+        as_eps(model, None, None, None, None)  # raises, naming the problem
+
+
+def unet_eps_fn(model: UNet, s: schedules.Schedule | None = None) -> EpsFn:
+    """eps_fn(x_t, t, y) running the model, with its weights as traced arguments. s, the
+    model's noise schedule, is needed for a v-prediction U-Net (as_eps)."""
+    _check_schedule(model, s)
     graphdef, params = nnx.split(model)
-    return Partial(_apply(graphdef), params)
+    return Partial(_apply(graphdef), params, s)
 
 
-def unet_embedding_fns(model: UNet) -> tuple[EmbEpsFn, jax.Array]:
+def unet_embedding_fns(model: UNet, s: schedules.Schedule | None = None) -> tuple[EmbEpsFn, jax.Array]:
     """(emb_eps_fn(x_t, t, emb), class table (num_classes + 1, D)) for null-class inversion:
-    the U-Net called with class-embedding vectors instead of labels."""
+    the U-Net called with class-embedding vectors instead of labels (s as in unet_eps_fn)."""
+    _check_schedule(model, s)
     graphdef, params = nnx.split(model)
-    return Partial(_apply(graphdef, True), params), model.class_table.embedding[...]
+    return Partial(_apply(graphdef, True), params, s), model.class_table.embedding[...]
 
 
 def _log_prob(graphdef, params, x_t, t, y):
@@ -85,7 +105,7 @@ def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *,
     unconditional one). With a noisy classifier: classifier guidance at scale guidance_scale on
     the unconditional model (Dhariwal & Nichol 2021, Algorithm 2 for DDIM, 1 for DDPM).
     """
-    eps_fn = unet_eps_fn(model)
+    eps_fn = unet_eps_fn(model, s)
     if classifier is not None:
         if not classifier.config.noised:
             raise ValueError("classifier guidance needs a noised (time-conditioned) classifier; "
@@ -152,7 +172,7 @@ def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: s
         raise ValueError(f"unknown method {method!r}; choose one of {INVERSION_METHODS}")
     labels = jnp.asarray(labels, jnp.int32)
     ts = samplers.make_timesteps(s.num_timesteps, steps)
-    emb_fn, table = unet_embedding_fns(model)
+    emb_fn, table = unet_embedding_fns(model, s)
     null = table[model.null_class]
     out = {}
     if method == "ddim":

@@ -32,9 +32,9 @@ def image_grid(images, ncols: int, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=None) -> Path:
-    """Save images (N, H, W, C) in [-1, 1] as a PNG grid, rows optionally labelled."""
-    fig = grid_figure(images, ncols, scale, row_labels, title)
+def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=None, col_labels=None) -> Path:
+    """Save images (N, H, W, C) in [-1, 1] as a PNG grid, rows and columns optionally labelled."""
+    fig = grid_figure(images, ncols, scale, row_labels, title, col_labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=fig.dpi)
@@ -42,21 +42,28 @@ def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=N
     return path
 
 
-def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None):
+def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None, col_labels=None):
     """A matplotlib figure of images (N, H, W, C) in [-1, 1] tiled ncols per row, shown at
-    `scale` screen pixels per image pixel (notebooks display it; save_grid writes it)."""
+    `scale` screen pixels per image pixel (notebooks display it; save_grid writes it).
+    row_labels name the rows (left), col_labels the columns (above)."""
     grid = image_grid(images, ncols)
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest-neighbour upscaling
     height, width = grid.shape[:2]
     dpi = 100
     margin = 0.2 + 0.085 * max(len(str(r)) for r in row_labels) if row_labels is not None else 0.0
-    top = 0.35 if title else 0.0
+    top = (0.35 if title else 0.0) + (0.2 if col_labels is not None else 0.0)
     fig = plt.figure(figsize=(width / dpi + margin, height / dpi + top), dpi=dpi)
     ax = fig.add_axes((margin / (width / dpi + margin), 0, width / dpi / (width / dpi + margin),
                        height / dpi / (height / dpi + top)))
     ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
               interpolation="nearest")
-    ax.set_xticks([])
+    if col_labels is not None:
+        step = width / ncols
+        ax.set_xticks([step * (i + 0.5) for i in range(len(col_labels))], [str(c) for c in col_labels])
+        ax.xaxis.tick_top()
+        ax.tick_params(axis="x", length=0, labelsize=8)
+    else:
+        ax.set_xticks([])
     if row_labels is not None:
         nrows = len(row_labels)
         step = height / nrows
@@ -67,7 +74,7 @@ def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None)
     for spine in ax.spines.values():
         spine.set_visible(False)
     if title:
-        fig.suptitle(title, fontsize=9, y=1 - 0.05 * top)
+        fig.suptitle(title, fontsize=9, y=1 - 0.05 * (0.35 if title else 0.0))
     return fig
 
 

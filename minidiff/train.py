@@ -128,9 +128,11 @@ def init_state(unet_cfg: UNetConfig, cfg: TrainConfig):
 
 
 def _loss(params, x0, y, key, s, graphdef):
-    """L_simple of the network with these weights on one batch (labels already dropped)."""
-    eps_fn = lambda x_t, t, labels: nnx.merge(graphdef, params)(x_t, t, labels)
-    return diffusion.ddpm_loss(eps_fn, s, x0, y, key)
+    """The DDPM loss of the network with these weights on one batch (labels already dropped):
+    L_simple for an eps-prediction U-Net, the v loss for a v-prediction one (diffusion.ddpm_loss)."""
+    model = nnx.merge(graphdef, params)
+    eps_fn = lambda x_t, t, labels: pipeline.as_eps(model, s, x_t, t, model(x_t, t, labels))
+    return diffusion.ddpm_loss(eps_fn, s, x0, y, key, weighting=model.config.prediction)
 
 
 @partial(jax.jit, static_argnames=("graphdef",))

@@ -31,6 +31,9 @@ from flax import nnx
 from minidiff.layers import AttentionBlock, Conv3x3, GroupNorm, ResBlock, Upsample, timestep_embedding
 
 
+PREDICTIONS = ("eps", "v")  # the network's output; the samplers always see eps (pipeline.unet_eps_fn)
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """The U-Net's shape: one field per choice, checked on construction (ValueError names the field)."""
@@ -44,6 +47,7 @@ class UNetConfig:
     num_classes: int = 10  # real classes 0..num_classes-1; index num_classes is the null class
     emb_dim: int = 128  # width of the time + class embedding fed to every ResBlock
     num_groups: int = 8  # GroupNorm groups; must divide every entry of channels
+    prediction: str = "eps"  # what the network outputs: "eps" (DDPM) or "v" (Salimans & Ho 2022)
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(self.channels))  # hashable, for jit
@@ -74,6 +78,8 @@ class UNetConfig:
             )
         if self.num_classes < 1:
             raise ValueError(f"num_classes={self.num_classes} must be >= 1")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={self.prediction!r} must be one of {PREDICTIONS}")
         if self.emb_dim < 2 or self.emb_dim % 2:
             raise ValueError(f"emb_dim={self.emb_dim} must be a positive even number")
 
@@ -91,7 +97,8 @@ class UNetConfig:
 
 
 class UNet(nnx.Module):
-    """eps_theta(x_t, t, y): predicts the noise in x_t. Output has the shape of x_t."""
+    """eps_theta(x_t, t, y): predicts the noise in x_t (or, with config.prediction "v", the
+    velocity v; pipeline.unet_eps_fn turns it into eps). Output has the shape of x_t."""
 
     def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
         self.config = config

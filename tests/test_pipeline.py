@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import classifier, guidance, models, pipeline, schedules
+from minidiff import classifier, diffusion, guidance, models, pipeline, schedules
 from tests.helpers import TINY_UNET
 
 S = schedules.linear_schedule(1000)
@@ -53,3 +53,20 @@ def test_bad_guidance_and_sampler_arguments(model):
     with pytest.raises(ValueError, match="labels"):
         pipeline.generate(model, S, np.array([11]), jax.random.PRNGKey(0))
 
+
+
+def test_a_v_prediction_unet_reaches_the_samplers_as_eps():
+    """A v-network's eps_fn is eps_from_v of its output (Salimans & Ho 2022); without the
+    schedule, which that conversion needs, unet_eps_fn refuses."""
+    m = models.build_model(dataclasses.replace(TINY_UNET, prediction="v"), seed=0)
+    kernel = m.conv_out.conv.kernel
+    kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), kernel.shape)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 1))
+    t, y = jnp.array([10, 500, 990]), jnp.asarray(LABELS)
+
+    np.testing.assert_allclose(pipeline.unet_eps_fn(m, S)(x, t, y), diffusion.eps_from_v(S, x, t, m(x, t, y)),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="predicts v"):
+        pipeline.unet_eps_fn(m)
+    with pytest.raises(ValueError, match="prediction='x0' must be one of"):
+        dataclasses.replace(TINY_UNET, prediction="x0")

@@ -112,6 +112,17 @@ def test_a_few_hundred_steps_lower_the_loss(tmp_path, mnist_subset):
     assert last < 0.6 * first, (first, last)  # ~1.0 at init (eps = 0) down to ~0.1-0.2
 
 
+def test_a_v_prediction_run_lowers_its_v_loss(tmp_path, mnist_subset):
+    images, labels = mnist_subset
+    cfg = train.TrainConfig(steps=100, batch_size=32, lr=2e-3, warmup_steps=10, log_every=10, ckpt_every=100,
+                            sample_every=0)
+    unet = dataclasses.replace(TINY_UNET, prediction="v")
+    records = train.Trainer(unet, cfg, tmp_path, images, labels).run(progress=False)
+    assert records[-1]["loss"] < 0.7 * records[0]["loss"], records
+    model, meta = models.load_model(tmp_path / "model.npz")
+    assert model.config.prediction == "v" and meta["unet"]["prediction"] == "v"
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mnist_subset):
     images, labels = mnist_subset

@@ -31,7 +31,7 @@ def eps_loss_by_timestep(setup: Setup, timesteps=LOSS_TIMESTEPS, num: int = 1000
     """Per-timestep eps MSE (per pixel) on `num` training and `num` held-out images, with the
     same noise for both; also the RMS of the prediction (an MSE-optimal one has
     E||eps_theta||^2 = 1 - L_t)."""
-    eps_fn = jax.jit(pipeline.unet_eps_fn(setup.model))
+    eps_fn = jax.jit(pipeline.unet_eps_fn(setup.model, setup.schedule))
     sets = {"train": (data.to_model_range(setup.train_images[:num]), setup.train_labels[:num]),
             "heldout": (setup.heldout[:num], setup.heldout_labels[:num])}
     rows = []
