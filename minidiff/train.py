@@ -46,7 +46,7 @@ class TrainConfig:
     """Every training setting; a run directory refuses to resume under different ones (see bookkeeping)."""
 
     dataset: str = "mnist"  # one of data.DATASETS
-    steps: int = 1600  # optimiser steps in total (a resumed run continues to this)
+    steps: int = 4000  # optimiser steps in total (a resumed run continues to this)
     batch_size: int = 128  # global batch, split over devices
     lr: float = 2e-3  # peak AdamW learning rate
     warmup_steps: int = 100  # linear warm-up from 0 to lr

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etas", type=floats, default=(0.0, 0.2, 0.5, 1.0))
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the samples (1: conditional)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell (means and the FID's spread over them)")
+    p.add_argument("--no-sigma-hat", action="store_true", help="leave out the sigma-hat row (DDPM, variance beta)")
     p = add("reconstruction", "DDIM Table 2 analogue: encode-decode MSE of held-out images vs steps")
     p.add_argument("--num", type=int, default=64, help="held-out images")
     p.add_argument("--steps", type=ints, default=(10, 20, 50, 100, 1000))
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         out = args.out_dir
         if args.experiment == "sampler-table":
             experiments.sampler_table(setup, out, per_label=args.per_label, steps=args.steps, etas=args.etas,
-                                      guidance=args.guidance, seeds=args.seeds)
+                                      guidance=args.guidance, seeds=args.seeds, sigma_hat=not args.no_sigma_hat)
         elif args.experiment == "reconstruction":
             experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps)
         elif args.experiment == "guidance":
