@@ -31,9 +31,7 @@ def as_eps(model: UNet, s: schedules.Schedule | None, x_t, t, out):
     v-prediction one (which needs the schedule s it was trained with)."""
     if model.config.prediction == "eps":
         return out
-    if s is None:
-        raise ValueError("this U-Net predicts v (config.prediction = 'v'): give its noise schedule "
-                         "(models.schedule_of(metadata)) to turn its output into eps")
+    _check_schedule(model, s)
     return diffusion.eps_from_v(s, x_t, t, out)
 
 
@@ -51,8 +49,10 @@ def _apply(graphdef, with_embedding: bool = False):
 
 
 def _check_schedule(model: UNet, s) -> None:
+    """A v-prediction U-Net needs its schedule to be read as eps; refuse it without one."""
     if model.config.prediction != "eps" and s is None:
-        as_eps(model, None, None, None, None)  # raises, naming the problem
+        raise ValueError("this U-Net predicts v (config.prediction = 'v'): give its noise schedule "
+                         "(models.schedule_of(metadata)) to turn its output into eps")
 
 
 def unet_eps_fn(model: UNet, s: schedules.Schedule | None = None) -> EpsFn:
