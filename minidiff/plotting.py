@@ -79,12 +79,13 @@ def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None,
 
 
 def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx: bool = False,
-                logy: bool = False, xticks=None) -> Path:
+                logy: bool = False, xticks=None, ylim=None, target=None) -> Path:
     """Side-by-side line plots sharing an x axis, as PNG.
 
     panels maps each panel's y label to {line label: (xs, ys)} or (xs, ys, yerr) for error
     bars; a line label of None draws an unlabelled line (no legend). xticks: the x values to
-    label, written as plain numbers (on a log axis too).
+    label, written as plain numbers (on a log axis too). ylim: (low, high) of every y axis;
+    target: a y value drawn as a dashed line in every panel.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), dpi=110, squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0], panels.items()):
@@ -100,8 +101,12 @@ def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx:
         if xticks is not None:
             ax.set_xticks(list(xticks), [f"{v:g}" for v in xticks])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # no unlabelled log ticks
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        if any(label is not None for label in lines):
+        if target is not None or any(label is not None for label in lines):
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
