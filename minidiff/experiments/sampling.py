@@ -8,6 +8,8 @@ feature diversity.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from minidiff import evaluation, plotting
@@ -47,6 +49,7 @@ def sampler_table(setup: Setup, out_dir, per_label: int = 50, steps=(10, 20, 50,
     Each cell is drawn with seeds 0..seeds-1 (the same noise in every cell of a seed) and
     reports means, with the classifier FID's spread over seeds."""
     result = {"experiment": "sampler_table", "per_label": per_label, "guidance": guidance, "seeds": seeds,
+              "num_classes": setup.model.config.num_classes,
               "rows": []}
     pictures = {}
     variants = [(eta, {"sampler": "ddim", "eta": eta}) for eta in etas]
@@ -63,21 +66,27 @@ def sampler_table(setup: Setup, out_dir, per_label: int = 50, steps=(10, 20, 50,
             row = {"steps": S, "eta": name, **_over_seeds(per_seed)}
             result["rows"].append(row)
             log_row(row)
-    lines = {f"eta = {name}" if name != SIGMA_HAT else SIGMA_HAT:
-             ([r["steps"] for r in result["rows"] if r["eta"] == name],
-              [r["classifier_fid"] for r in result["rows"] if r["eta"] == name],
-              [r["classifier_fid_std"] for r in result["rows"] if r["eta"] == name]) for name, _ in variants}
-    spread = f", mean and std over {seeds} seeds" if seeds > 1 else ""
-    plotting.save_panels(out_dir / "sampler_table.png", {"classifier FID (lower is better)": lines},
-                         "sampling steps S", logx=True, xticks=list(steps),
-                         title=f"DDIM steps x eta ({setup.model.config.num_classes * per_label} samples per cell, "
-                               f"w = {guidance:g}{spread})")
+    plot_sampler_table(result, out_dir / "sampler_table.png")
     if pictures:
         plotting.save_grid(out_dir / "sampler_table_samples.png", np.concatenate(list(pictures.values())),
                            len(next(iter(pictures.values()))), row_labels=list(pictures),
                            title="same noise, one sample per class")
     save_json(out_dir, "sampler_table", result)
     return result
+
+
+def plot_sampler_table(result: dict, path) -> Path:
+    """Classifier FID against the steps S, one line per eta (error bars: std over seeds)."""
+    rows, etas = result["rows"], list(dict.fromkeys(r["eta"] for r in result["rows"]))
+    lines = {f"eta = {e}" if e != SIGMA_HAT else SIGMA_HAT:
+             tuple([r[k] for r in rows if r["eta"] == e] for k in ("steps", "classifier_fid", "classifier_fid_std"))
+             for e in etas}
+    seeds = result.get("seeds", 1)
+    spread = f", mean and std over {seeds} seeds" if seeds > 1 else ""
+    return plotting.save_panels(path, {"classifier FID (lower is better)": lines}, "sampling steps S",
+                                logx=True, xticks=sorted({r["steps"] for r in rows}),
+                                title=f"DDIM steps x eta\n({result['num_classes'] * result['per_label']} samples "
+                                      f"per cell, w = {result['guidance']:g}{spread})")
 
 
 def guidance_sweep(setup: Setup, out_dir, scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0), per_label: int = 30,
