@@ -50,5 +50,6 @@ def plot_time_to_quality(result: dict, path) -> Path:
     lines = {f"w = {w:g}": (minutes, [r[f"accuracy_w{w:g}"] for r in rows]) for w in result["scales"]}
     return plotting.save_panels(
         path, {"accuracy of DDIM-50 samples": lines}, "training wall time (minutes)",
-        ylim=(0, 1.02), target=result["target"], title=f"time to quality on {result['device']}\n({result['num_classes'] * result['per_label']} "
+        ylim=(0, 1.02), target=result["target"],
+        title=f"time to quality on {result['device']}\n({result['num_classes'] * result['per_label']} "
               f"samples per point; target {result['target']:.0%})")
