@@ -5,6 +5,7 @@
     Conv3x3              every 3x3 convolution, 'SAME' padding     (the one place to swap a kernel)
     ResBlock             GroupNorm-SiLU-conv twice, + embedding    (DDPM, after Wide ResNets)
     AttentionBlock       residual multi-head self-attention        (DDPM's 16x16 attention)
+    take_rows            one row's maps or features into another   (attention control)
     Upsample             conv3x3 at low resolution, then x2 repeat
 
 Images are NHWC: (B, H, W, C).
@@ -17,6 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.attention import dot_product_attention_weights
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -106,19 +108,42 @@ class ResBlock(nnx.Module):
         return h + (x if self.skip is None else self.skip(x))
 
 
+def take_rows(h: jax.Array, source: jax.Array, weight: jax.Array) -> jax.Array:
+    """Row b of h replaced by row source[b], as far as weight[b] says: (1 - w) h[b] + w h[source[b]].
+
+    The one operation of attention control (Prompt-to-Prompt, Hertz et al. 2022; Plug-and-Play,
+    Tumanyan et al. 2023) when the source and edit branches share a batch: weight 0 leaves a
+    row alone, weight 1 gives it the source row's attention maps or features. h: (B, ...);
+    source: (B,) int row indices; weight: (B,) in [0, 1].
+    """
+    w = weight.reshape((-1,) + (1,) * (h.ndim - 1)).astype(h.dtype)  # (B, 1, ...)
+    return h + w * (h[source] - h)
+
+
 class AttentionBlock(nnx.Module):
-    """Residual multi-head self-attention over the H*W positions (DDPM's 16x16 attention)."""
+    """Residual multi-head self-attention over the H*W positions (DDPM's 16x16 attention).
+
+    The projections are nnx.MultiHeadAttention's; the attention weights are computed here, so
+    that a forward pass can return them and take another row's in their place (`take`, as
+    `take_rows` reads it): Prompt-to-Prompt's self-attention control.
+    """
 
     def __init__(self, ch: int, num_heads: int, num_groups: int, *, rngs: nnx.Rngs):
         self.norm = GroupNorm(ch, num_groups)
         self.attn = nnx.MultiHeadAttention(num_heads=num_heads, in_features=ch, decode=False,
                                            keep_rngs=False, rngs=rngs)  # no dropout
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, take: tuple[jax.Array, jax.Array] | None = None):
+        """x (B, H, W, C) -> (x + attention(x), probs), probs (B, heads, H*W, H*W) the attention
+        weights used (softmax over the last axis). take = (source, weight): see take_rows."""
         B, H, W, C = x.shape
-        h = self.norm(x).reshape(B, H * W, C)  # (B, H*W, C): one token per pixel
-        h = self.attn(h, deterministic=True)  # (B, H*W, C)
-        return x + h.reshape(B, H, W, C)
+        h = self.norm(x).reshape(B, H * W, C)  # (B, N, C): one token per pixel
+        q, k, v = self.attn.query(h), self.attn.key(h), self.attn.value(h)  # (B, N, heads, C / heads)
+        probs = dot_product_attention_weights(q, k)  # (B, heads, N, N): softmax(q k^T / sqrt(d))
+        if take is not None:
+            probs = take_rows(probs, *take)
+        h = self.attn.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v))  # (B, N, C)
+        return x + h.reshape(B, H, W, C), probs
 
 
 class Upsample(nnx.Module):

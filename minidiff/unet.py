@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from minidiff.layers import AttentionBlock, Conv3x3, GroupNorm, ResBlock, Upsample, timestep_embedding
+from minidiff.layers import AttentionBlock, Conv3x3, GroupNorm, ResBlock, Upsample, take_rows, timestep_embedding
 
 
 PREDICTIONS = ("eps", "v")  # the network's output; the samplers always see eps (pipeline.unet_eps_fn)
@@ -99,6 +99,32 @@ class UNetConfig:
                    emb_dim=256)
 
 
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Control:
+    """Attention control of one batched forward pass (Prompt-to-Prompt, Hertz et al. 2022;
+    Plug-and-Play, Tumanyan et al. 2023), as plain arrays: no hooks, no global state.
+
+    Row b of the batch takes, from row source[b], its self-attention weights as far as
+    attention[b] says, and the output of up-path level l (deepest first, before upsampling)
+    as far as features[l, b] says (layers.take_rows). Weights are 0 or 1 in practice; a row
+    whose source is itself is left alone whatever its weights.
+    """
+
+    source: jax.Array  # (B,) int32 batch rows
+    attention: jax.Array  # (B,) float32 in [0, 1]
+    features: jax.Array  # (levels, B) float32 in [0, 1], the up path's levels deepest first
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Maps:
+    """What a forward pass can return beside its output, for drawing and for tests."""
+
+    attention: jax.Array | None  # (B, heads, N, N) the middle self-attention weights, N = pixels there
+    features: tuple[jax.Array, ...]  # per up-path level, deepest first: (B, h, w, channels[l])
+
+
 class UNet(nnx.Module):
     """eps_theta(x_t, t, y): predicts the noise in x_t (or, with config.prediction "v", the
     velocity v; pipeline.unet_eps_fn turns it into eps). Output has the shape of x_t."""
@@ -154,14 +180,17 @@ class UNet(nnx.Module):
         return self.class_table(jnp.asarray(y, jnp.int32))  # (B, emb_dim)
 
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None,
-                 class_emb: jax.Array | None = None) -> jax.Array:
+                 class_emb: jax.Array | None = None, control: Control | None = None,
+                 return_maps: bool = False):
         """Predict eps from x_t.
 
         x: (B, H, W, C) float32 in [-1, 1]; t: (B,) int timestep indices 0..T-1 (or a scalar);
         y: (B,) int labels in 0..num_classes (num_classes = null class); None: the null class.
         class_emb: (B, emb_dim) or (emb_dim,) vector used in place of class_embedding(y), so
             the output can be differentiated with respect to it (null-class inversion).
-        Returns eps_pred with the shape of x.
+        control: rows that take other rows' attention weights and decoder features (Control).
+        Returns eps_pred with the shape of x; with return_maps, (eps_pred, Maps) holding the
+        attention weights and features as used (after control).
         """
         cfg = self.config
         S, C = cfg.image_size, cfg.in_channels
@@ -190,17 +219,23 @@ class UNet(nnx.Module):
                 h = self.downsample[l](h)  # (B, H / 2**(l+1), W / 2**(l+1), chs[l])
 
         h = self.mid1(h, emb)  # (B, H / 2**(L-1), W / 2**(L-1), chs[L-1])
+        probs = None
         if self.mid_attn is not None:
-            h = self.mid_attn(h)
+            h, probs = self.mid_attn(h, None if control is None else (control.source, control.attention))
         h = self.mid2(h, emb)
 
+        features = []
         for i, blocks in enumerate(self.up):  # levels l = L-1, ..., 0
             for block in blocks:
                 h = jnp.concatenate([h, skips.pop()], axis=-1)  # (B, h, w, 2 * chs[l])
                 h = block(h, emb)  # (B, h, w, chs[l])
+            if control is not None:  # Plug-and-Play's feature injection
+                h = take_rows(h, control.source, control.features[i])
+            features.append(h)
             if i < len(self.upsample):
                 h = self.upsample[i](h)  # (B, 2h, 2w, chs[l-1])
-        return self.conv_out(nnx.silu(self.norm_out(h)))  # (B, H, W, in_channels)
+        out = self.conv_out(nnx.silu(self.norm_out(h)))  # (B, H, W, in_channels)
+        return (out, Maps(probs, tuple(features))) if return_maps else out
 
 
 def count_params(model: nnx.Module) -> int:

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from flax.nnx.nn.attention import dot_product_attention_weights
+
 from minidiff.layers import Conv3x3
-from minidiff.unet import UNet, UNetConfig, count_params
+from minidiff.unet import Control, UNet, UNetConfig, count_params
 
 # A tiny U-Net (8x8 images, two levels, attention at 4x4) keeps every test fast.
 TINY = UNetConfig(image_size=8, in_channels=1, channels=(8, 16), num_res_blocks=1,
@@ -228,3 +230,62 @@ def test_wrong_input_shape_raises(tiny):
         _eps(tiny, jnp.zeros((3, 8, 8, 3)), t, y)
     with pytest.raises(ValueError, match="expects"):
         _eps(tiny, jnp.zeros((8, 8, 1)), t, y)
+
+
+# --------------------------------------------------------------------------- attention control
+
+
+@partial(jax.jit, static_argnums=0)
+def _apply_controlled(graphdef, state, x, t, y, control):
+    return nnx.merge(graphdef, state)(x, t, y, control=control, return_maps=True)
+
+
+def _control(source, attention, features):
+    return Control(jnp.asarray(source, jnp.int32), jnp.asarray(attention, jnp.float32),
+                   jnp.asarray(features, jnp.float32))
+
+
+def test_attention_block_matches_nnx_multi_head_attention(tiny):
+    """The block computes its weights itself (to record and replace them); its output must be
+    nnx.MultiHeadAttention's, so released weights mean what they meant."""
+    block = tiny.mid_attn
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 16))
+    out, probs = block(x)
+    h = block.norm(x).reshape(2, 16, 16)
+    expected = x + block.attn(h, deterministic=True).reshape(2, 4, 4, 16)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    weights = dot_product_attention_weights(block.attn.query(h), block.attn.key(h))
+    np.testing.assert_allclose(probs, weights, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_recorded_maps_are_those_of_a_plain_forward_pass(tiny):
+    x, t, y = _inputs(TINY)
+    graphdef, state = nnx.split(tiny)
+    plain = _eps(tiny, x, t, y)
+    identity = _control(np.arange(3), np.zeros(3), np.zeros((2, 3)))
+    out, maps = _apply_controlled(graphdef, state, x, t, y, identity)
+    np.testing.assert_allclose(out, plain, atol=1e-6)
+    assert maps.attention.shape == (3, 2, 16, 16)  # (B, heads, 4*4, 4*4)
+    assert [f.shape for f in maps.features] == [(3, 4, 4, 16), (3, 8, 8, 8)]
+    # each row's maps are its own: the same as the maps of that row run alone
+    _, alone = _apply_controlled(graphdef, state, x[1:2], t[1:2], y[1:2],
+                                 _control([0], [0.0], np.zeros((2, 1))))
+    np.testing.assert_allclose(maps.attention[1:2], alone.attention, atol=1e-6)
+    np.testing.assert_allclose(maps.features[1][1:2], alone.features[1], atol=1e-5)
+
+
+def test_control_takes_the_source_rows_maps(tiny):
+    """Row 1 takes row 0's attention weights (and then its features): what it records is row
+    0's, its output changes, and rows that take nothing are unchanged."""
+    x, t, y = _inputs(TINY)
+    graphdef, state = nnx.split(tiny)
+    plain, own = _apply_controlled(graphdef, state, x, t, y, _control(np.arange(3), np.zeros(3), np.zeros((2, 3))))
+    attn, got = _apply_controlled(graphdef, state, x, t, y, _control([0, 0, 2], [0, 1, 0], np.zeros((2, 3))))
+    np.testing.assert_allclose(got.attention[1], own.attention[0], atol=1e-6)
+    np.testing.assert_allclose(attn[np.array([0, 2])], plain[np.array([0, 2])], atol=1e-6)
+    assert float(jnp.max(jnp.abs(attn[1] - plain[1]))) > 1e-4
+    feats, got = _apply_controlled(graphdef, state, x, t, y, _control([0, 0, 2], [0, 1, 0], [[0, 1, 0], [0, 1, 0]]))
+    np.testing.assert_allclose(got.features[1][1], own.features[1][0], atol=1e-6)
+    # with every feature of row 0 taken at the last level, row 1's output is row 0's
+    np.testing.assert_allclose(feats[1], plain[0], atol=1e-5)
