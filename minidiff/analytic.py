@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from minidiff.contracts import EpsFn, LogProbFn
+from minidiff.contracts import EmbEpsFn, EpsFn, LogProbFn
 from minidiff.diffusion import alpha_bar, broadcast_to_image
 from minidiff.schedules import Schedule
 
@@ -121,6 +121,20 @@ def mixture_eps_fn(s: Schedule, mixture: GaussianMixture) -> EpsFn:
     """The exact eps_fn(x_t, t, y): class-conditional for y < K, unconditional for y = K
     (or y = None)."""
     return Partial(_mixture_eps, s, mixture)
+
+
+def _mixture_embedding_eps(s, mixture, x_t, t, emb):
+    k = mixture.num_classes
+    eps = jnp.stack([_mixture_eps(s, mixture, x_t, t, jnp.full((x_t.shape[0],), j)) for j in range(k + 1)], 1)
+    return jnp.sum(broadcast_to_image(emb, eps) * eps, axis=1)  # (B, ...): sum_j emb_j eps_j
+
+
+def mixture_embedding_eps_fn(s: Schedule, mixture: GaussianMixture) -> EmbEpsFn:
+    """The exact model conditioned on an embedding emb (B, K + 1) instead of a label: eps =
+    sum_j emb_j eps_j(x_t), with eps_K the unconditional eps. Row j of the identity (K + 1)
+    is label j's embedding (row K the null class), so the embedding enters linearly, as the
+    null-class embedding enters the U-Net's first layers."""
+    return Partial(_mixture_embedding_eps, s, mixture)
 
 
 def mixture_log_prob_fn(s: Schedule, mixture: GaussianMixture) -> LogProbFn:

@@ -39,3 +39,15 @@ class EmbEpsFn(Protocol):
     the embedding (Mokady et al. 2022, Algorithm 1)."""
 
     def __call__(self, x_t: jax.Array, t: jax.Array, emb: jax.Array) -> jax.Array: ...
+
+
+class ControlledEmbEpsFn(Protocol):
+    """eps_theta(x_t, t, emb, source, attention, features) -> eps (B, H, W, C): an EmbEpsFn
+    whose forward pass is under attention control (Prompt-to-Prompt, Hertz et al. 2022;
+    Plug-and-Play, Tumanyan et al. 2023). Row b takes row source[b]'s self-attention weights
+    as far as attention[b] (B,) says, and its decoder features at level l as far as
+    features[l, b] (levels, B) says; a row whose source is itself is left alone. Made from the
+    U-Net by minidiff.pipeline.unet_controlled_fn; used by minidiff/editing.py."""
+
+    def __call__(self, x_t: jax.Array, t: jax.Array, emb: jax.Array, source: jax.Array,
+                 attention: jax.Array, features: jax.Array) -> jax.Array: ...

@@ -1,4 +1,16 @@
-"""Null-class inversion, and label-swap editing of real images.
+"""Inverting real images for editing: five methods, each returning an Inversion.
+
+    ddim          plain DDIM inversion at the editing guidance scale       (Song et al. 2021, Sec. 4.3)
+    fixed_point   the same, each inverse step solved by fixed-point iteration
+                                                  (Pan et al. 2023 "AIDI"; Garibi et al. 2024 "ReNoise")
+    negative      negative-prompt inversion: the w = 1 inversion, the null embedding replaced by
+                  the label's own                                          (Miyake et al. 2023)
+    null          null-class inversion: one optimised null embedding per step (Mokady et al. 2023)
+    direct        direct inversion: the source branch put back on the pivot after every step
+                                                  (Ju et al. 2024, "PnP Inversion")
+
+An Inversion holds what an editing loop needs (minidiff/editing.py): the start x_T, the null
+embedding each step guides with, and for direct inversion the pivot to pin the source to.
 
 DDIM inversion (`samplers.ddim_invert`) runs the deterministic DDIM ODE from an image x_0 up
 to x_T. Sampling back from that x_T with the same eps_fn reconstructs x_0 only
@@ -42,15 +54,24 @@ INNER_STEPS = 50  # defaults of null_class_inversion, see its docstring
 LR = 0.1
 
 
-@dataclasses.dataclass(frozen=True)
-class NullInversion:
-    """The result of null-class inversion of a batch of B images over n sampling steps."""
+METHODS = ("ddim", "fixed_point", "negative", "null", "direct")
 
-    x_T: jax.Array  # (B, H, W, C): the pivot's noise z*_T, the start of reconstruction and edits
-    null_embeddings: jax.Array  # (n, B, D): the optimised null embedding e_t of each step
-    losses: jax.Array  # (n, B): per-step MSE to the pivot after optimisation
-    inner_steps: jax.Array  # (n, B): optimiser steps taken at each step (early stopping)
-    pivot: jax.Array  # (n + 1, B, H, W, C): the w = 1 DDIM inversion trajectory, x_0 first
+
+@dataclasses.dataclass(frozen=True)
+class Inversion:
+    """The inversion of a batch of B images over n sampling steps, by one of METHODS."""
+
+    method: str
+    x_T: jax.Array  # (B, H, W, C): where reconstruction and edits start
+    null_embeddings: jax.Array  # (n, B, D): the embedding each sampling step uses as "null"
+    pivot: jax.Array | None = None  # (n + 1, B, H, W, C): the w = 1 inversion trajectory, x_0 first
+    losses: jax.Array | None = None  # (n, B): null-class inversion's per-step MSE to the pivot
+    inner_steps: jax.Array | None = None  # (n, B): its optimiser steps at each step
+
+    @property
+    def pin_source(self) -> bool:
+        """Direct inversion: the editing loop puts the source branch back on the pivot."""
+        return self.method == "direct"
 
 
 def _embedding_cfg_eps(emb_eps_fn, w, cond_emb, null_emb, x_t, t, y):
@@ -111,7 +132,7 @@ def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, 
 
 
 def null_class_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb, null_emb, w: float,
-                         inner_steps: int = INNER_STEPS, lr: float = LR) -> NullInversion:
+                         inner_steps: int = INNER_STEPS, lr: float = LR) -> Inversion:
     """Null-class inversion of images x0 (B, H, W, C) with label embeddings cond_emb (B, D).
 
     null_emb (D,) initialises every image's null embedding (the learned null row). Follows
@@ -129,7 +150,7 @@ def null_class_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_
       update, not after.
     At w = 1 the guided eps is eps_cond alone and does not depend on the null embedding (its
     gradient is exactly zero), so no optimiser steps are taken: the result is plain DDIM
-    inversion, with the per-step losses still measured. Returns a NullInversion (shapes in its
+    inversion, with the per-step losses still measured. Returns an Inversion (shapes in its
     fields).
     """
     emb_eps_fn = as_partial(emb_eps_fn)
@@ -151,7 +172,7 @@ def null_class_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_
     no_effect = isinstance(w, (int, float)) and w == 1.0
     embs, losses, used = _optimise(emb_eps_fn, s, pivot, t, t_prev, cond_emb, null_init, jnp.float32(scale),
                                    jnp.float32(w), jnp.float32(lr), 0 if no_effect else inner_steps)
-    return NullInversion(pivot[-1], embs, losses, used, pivot)
+    return Inversion("null", pivot[-1], embs, pivot, losses, used)
 
 
 def _null_embedding_eps(emb_eps_fn, w, ts, null_embs, cond_embs, switch, x_t, t, y):
@@ -160,7 +181,7 @@ def _null_embedding_eps(emb_eps_fn, w, ts, null_embs, cond_embs, switch, x_t, t,
     return cfg_eps(emb_eps_fn, w, x_t, t, cond, null_embs[i])
 
 
-def null_embedding_eps_fn(emb_eps_fn: EmbEpsFn, w: float, timesteps, inversion: NullInversion,
+def null_embedding_eps_fn(emb_eps_fn: EmbEpsFn, w: float, timesteps, inversion: Inversion,
                           target_emb, source_emb=None, keep_source_steps: int = 0) -> EpsFn:
     """Guided eps_fn that uses the optimised null embedding of each step.
 
@@ -173,3 +194,73 @@ def null_embedding_eps_fn(emb_eps_fn: EmbEpsFn, w: float, timesteps, inversion: 
     return Partial(_null_embedding_eps, as_partial(emb_eps_fn), jnp.float32(w),
                    jnp.asarray(timesteps), inversion.null_embeddings,
                    jnp.stack([jnp.asarray(source), jnp.asarray(target_emb)]), jnp.int32(keep_source_steps))
+
+
+def _pivot(emb_eps_fn, s, x0, ts, cond_emb, null_emb):
+    """The w = 1 DDIM inversion trajectory (n + 1, B, ...), x_0 first."""
+    fn = embedding_cfg_eps_fn(emb_eps_fn, 1.0, cond_emb, jnp.broadcast_to(null_emb, cond_emb.shape))
+    return ddim_invert(fn, s, x0, ts, return_trajectory=True)[1]
+
+
+def _check(x0, cond_emb, timesteps, s):
+    x0, cond_emb = jnp.asarray(x0), jnp.asarray(cond_emb)
+    if cond_emb.ndim != 2 or cond_emb.shape[0] != x0.shape[0]:
+        raise ValueError(f"cond_emb must have one row per image ({x0.shape[0]}), got {cond_emb.shape}")
+    return x0, cond_emb, check_timesteps(timesteps, s.num_timesteps)
+
+
+def ddim_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb, null_emb, w: float,
+                   fixed_point_iterations: int = 0) -> Inversion:
+    """Plain DDIM inversion at guidance w (Song et al. 2021, Sec. 4.3): x_T from the guided
+    inverse ODE, the learned null row at every step. With fixed_point_iterations > 0, each inverse
+    step is solved by that many fixed-point iterations (method "fixed_point"; Pan et al. 2023,
+    Garibi et al. 2024; see samplers.ddim_invert)."""
+    x0, cond_emb, ts = _check(x0, cond_emb, timesteps, s)
+    null = jnp.broadcast_to(null_emb, cond_emb.shape)
+    x_T = ddim_invert(embedding_cfg_eps_fn(emb_eps_fn, w, cond_emb, null), s, x0, ts,
+                      fixed_point_iterations=fixed_point_iterations)
+    return Inversion("fixed_point" if fixed_point_iterations else "ddim", x_T,
+                     jnp.broadcast_to(null, (len(ts),) + null.shape))
+
+
+def negative_prompt_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb, null_emb) -> Inversion:
+    """Negative-prompt inversion (Miyake et al. 2023, "Negative-prompt Inversion: Fast Image
+    Inversion for Editing with Text-guided Diffusion Models"): invert with w = 1, then guide with
+    the label's own embedding in the null's place. Null-text inversion's optimum is close to
+    it, and it needs no optimisation: at any w, eps_e + w (eps_y - eps_e) with e = emb(y) is
+    eps_y, so the reconstruction is w = 1 DDIM's; an edit to label y' guides away from y."""
+    x0, cond_emb, ts = _check(x0, cond_emb, timesteps, s)
+    pivot = _pivot(emb_eps_fn, s, x0, ts, cond_emb, null_emb)
+    return Inversion("negative", pivot[-1], jnp.broadcast_to(cond_emb, (len(ts),) + cond_emb.shape), pivot)
+
+
+def direct_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb, null_emb) -> Inversion:
+    """Direct inversion (Ju et al. 2024, "PnP Inversion: Boosting Diffusion-based Editing with 3
+    Lines of Code"): invert with w = 1 and keep the pivot; while editing, after every guided step
+    the source branch is moved by the gap to the pivot, z_src <- z_src + (z*_{t_prev} - z_src),
+    so it is exact by construction and the edit branch reads its maps from the true source
+    trajectory. No optimisation; the null row stays the learned one."""
+    x0, cond_emb, ts = _check(x0, cond_emb, timesteps, s)
+    pivot = _pivot(emb_eps_fn, s, x0, ts, cond_emb, null_emb)
+    null = jnp.broadcast_to(null_emb, cond_emb.shape)
+    return Inversion("direct", pivot[-1], jnp.broadcast_to(null, (len(ts),) + null.shape), pivot)
+
+
+def invert(method: str, emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb, null_emb, w: float,
+           fixed_point_iterations: int = 5, **null_options) -> Inversion:
+    """Invert images x0 (B, H, W, C) with label embeddings cond_emb (B, D) by one of METHODS,
+    for editing at guidance w. null_emb (D,) is the learned null row; null_options go to
+    null_class_inversion (inner_steps, lr)."""
+    if method == "ddim":
+        return ddim_inversion(emb_eps_fn, s, x0, timesteps, cond_emb, null_emb, w)
+    if method == "fixed_point":
+        if fixed_point_iterations < 1:
+            raise ValueError(f"fixed_point_iterations must be >= 1, got {fixed_point_iterations}")
+        return ddim_inversion(emb_eps_fn, s, x0, timesteps, cond_emb, null_emb, w, fixed_point_iterations)
+    if method == "negative":
+        return negative_prompt_inversion(emb_eps_fn, s, x0, timesteps, cond_emb, null_emb)
+    if method == "null":
+        return null_class_inversion(emb_eps_fn, s, x0, timesteps, cond_emb, null_emb, w, **null_options)
+    if method == "direct":
+        return direct_inversion(emb_eps_fn, s, x0, timesteps, cond_emb, null_emb)
+    raise ValueError(f"unknown inversion method {method!r}; choose one of {METHODS}")

@@ -19,8 +19,8 @@ from jax.tree_util import Partial
 
 from minidiff import diffusion, guidance, inversion, samplers, schedules
 from minidiff.classifier import Classifier
-from minidiff.contracts import EmbEpsFn, EpsFn, LogProbFn
-from minidiff.unet import UNet
+from minidiff.contracts import ControlledEmbEpsFn, EmbEpsFn, EpsFn, LogProbFn
+from minidiff.unet import Control, UNet
 
 SAMPLERS = ("ddim", "ddpm")
 INVERSION_METHODS = ("ddim", "null")  # plain DDIM inversion; null-class inversion
@@ -33,6 +33,27 @@ def as_eps(model: UNet, s: schedules.Schedule | None, x_t, t, out):
         return out
     _check_schedule(model, s)
     return diffusion.eps_from_v(s, x_t, t, out)
+
+
+@functools.lru_cache(maxsize=None)
+def _apply_controlled(graphdef):
+    """The U-Net on class embeddings under attention control (contracts.ControlledEmbEpsFn)."""
+
+    def apply(params, s, x_t, t, emb, source, attention, features):
+        model = nnx.merge(graphdef, params)
+        out = model(x_t, t, class_emb=emb, control=Control(source, attention, features))
+        return as_eps(model, s, x_t, jnp.broadcast_to(t, (x_t.shape[0],)), out)
+
+    return apply
+
+
+def unet_controlled_fn(model: UNet, s: schedules.Schedule | None = None) -> ControlledEmbEpsFn:
+    """controlled_fn(x_t, t, emb, source, attention, features) for editing.edit: the U-Net
+    called with class embeddings, rows taking other rows' attention weights and decoder
+    features (unet.Control); s as in unet_eps_fn."""
+    _check_schedule(model, s)
+    graphdef, params = nnx.split(model)
+    return Partial(_apply_controlled(graphdef), params, s)
 
 
 @functools.lru_cache(maxsize=None)

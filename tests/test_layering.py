@@ -23,6 +23,7 @@ LAYERS = [
     ("core", {"samplers", "analytic"}),
     ("core", {"guidance"}),
     ("core", {"inversion"}),
+    ("core", {"editing"}),
     ("networks", {"layers"}),
     ("networks", {"unet", "classifier"}),
     ("files, data and numbers", {"files", "metrics", "xla_flags"}),

@@ -295,3 +295,25 @@ def _eps(x, t, y):
 def test_bad_input_raises_a_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_fixed_point_inversion_reconstructs_where_plain_inversion_does_not():
+    """Pan et al. 2023 / Garibi et al. 2024: solving each inverse step for the x_next that the
+    sampling step maps back to x_t removes DDIM inversion's one approximation, so at 10 steps
+    the exact mixture model reconstructs to round-off where plain inversion is off by ~3e-2.
+    (Narrow components make eps steep and the iteration slow: at std 0.1, 10 iterations leave
+    7e-4 and 30 leave 8e-6.)"""
+    mixture = analytic.gaussian_mixture([[1.0, 0.5], [-1.0, -0.5]], [0.5, 0.5])
+    eps_fn = analytic.mixture_eps_fn(S, mixture)
+    x0, y = analytic.sample_data(mixture, jax.random.PRNGKey(0), 256)
+    ts = samplers.make_timesteps(1000, 10)
+
+    def mse(k):
+        x_T = samplers.ddim_invert(eps_fn, S, x0, ts, y=y, fixed_point_iterations=k)
+        return float(jnp.mean((samplers.ddim_sample(eps_fn, S, x_T, ts, y=y) - x0) ** 2))
+
+    plain, fixed = mse(0), mse(10)
+    assert plain > 1e-2 and fixed < 1e-7, (plain, fixed)
+    assert mse(2) < plain  # each iteration helps
+    with pytest.raises(ValueError, match="fixed_point_iterations"):
+        samplers.ddim_invert(eps_fn, S, x0, ts, fixed_point_iterations=-1)
