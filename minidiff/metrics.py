@@ -11,6 +11,9 @@
 - PSNR / MSE for reconstructions, for images in [-1, 1] (data range 2).
 - out-of-range fraction and background noise: how clean samples are (pixels beyond [-1, 1]
   before any clip; the grey speckle a picture shows away from the strokes). ~0 for real MNIST.
+- handwriting attributes and the style ratio: is an edit still *this* digit? Centroid, slant,
+  stroke thickness and height of each image; the ratio compares how far edits move from their
+  sources with how far a random image of the target class is from them.
 """
 
 from __future__ import annotations
@@ -113,3 +116,57 @@ def background_noise(images: np.ndarray, radius: int = 3, ink: float = 0.0) -> f
     x = np.clip(np.asarray(images, np.float64), -1.0, 1.0).mean(axis=-1)  # (N, H, W)
     mask = background_mask(images, radius, ink)
     return float(np.abs(x[mask] + 1.0).mean()) if mask.any() else float("nan")
+
+
+ATTRIBUTES = ("centroid_row", "centroid_col", "slant", "thickness", "height")
+
+
+def handwriting_attributes(images: np.ndarray, ink: float = 0.0) -> np.ndarray:
+    """Per-image handwriting attributes (N, 5), in the order of ATTRIBUTES, for images in [-1, 1].
+
+    With ink mass m = (x + 1) / 2 per pixel (rows r, columns c):
+    - centroid (r_bar, c_bar) = sum m (r, c) / sum m, in pixels;
+    - slant = mu11 / mu02, the second-moment shear: mu11 = sum m (r - r_bar)(c - c_bar),
+      mu02 = sum m (r - r_bar)^2, the columns gained per row down the image (0: upright;
+      the shear that deskews a digit, as in the classic MNIST deskewing);
+    - thickness = ink area / (ink perimeter / 2), on the pixels brighter than `ink`: the width
+      of a stroke of that area and outline (a w x h bar gives w h / (w + h), ~w when long);
+    - height = rows from the topmost to the bottommost ink pixel.
+    An image without ink gets zeros.
+    """
+    x = np.asarray(images, np.float64)
+    x = x.reshape(x.shape[0], x.shape[1], x.shape[2], -1).mean(-1)  # (N, H, W)
+    N, H, W = x.shape
+    m = (x + 1.0) / 2.0
+    mass = np.maximum(m.sum((1, 2)), 1e-12)  # (N,)
+    r, c = np.arange(H)[None, :, None], np.arange(W)[None, None, :]
+    r_bar = (m * r).sum((1, 2)) / mass  # (N,)
+    c_bar = (m * c).sum((1, 2)) / mass
+    dr, dc = r - r_bar[:, None, None], c - c_bar[:, None, None]
+    mu11, mu02 = (m * dr * dc).sum((1, 2)), (m * dr**2).sum((1, 2))
+    slant = np.where(mu02 > 1e-12, mu11 / np.maximum(mu02, 1e-12), 0.0)
+    binary = np.pad(x > ink, ((0, 0), (1, 1), (1, 1)))  # (N, H + 2, W + 2)
+    area = binary.sum((1, 2))
+    perimeter = (np.abs(np.diff(binary.astype(np.int8), axis=1)).sum((1, 2))
+                 + np.abs(np.diff(binary.astype(np.int8), axis=2)).sum((1, 2)))  # unit edges ink | no ink
+    thickness = np.where(perimeter > 0, area / np.maximum(perimeter / 2.0, 1.0), 0.0)
+    rows = binary[:, 1:-1, 1:-1].any(axis=2)  # (N, H)
+    top, bottom = rows.argmax(1), H - 1 - rows[:, ::-1].argmax(1)
+    height = np.where(rows.any(1), bottom - top + 1, 0)
+    return np.stack([r_bar, c_bar, slant, thickness, height], axis=1)
+
+
+def style_distance(a: np.ndarray, b: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Mean over attributes of |a - b| / spread, per image (N,): attribute rows (N, 5) of two
+    image sets, spread (5,) the attributes' standard deviations over real held-out digits."""
+    return np.mean(np.abs(np.asarray(a) - np.asarray(b)) / np.asarray(spread), axis=1)
+
+
+def style_ratio(edits: np.ndarray, sources: np.ndarray, references: np.ndarray, spread: np.ndarray) -> float:
+    """How much of the source's handwriting an edit keeps: mean style_distance(edit, source)
+    over mean style_distance(reference, source), where the references are random samples of
+    each edit's target class. 1.0: no more than an unrelated digit of that class; 0: all.
+    Arguments are images (N, H, W, C) in [-1, 1], spread as in style_distance."""
+    src = handwriting_attributes(sources)
+    near = style_distance(handwriting_attributes(edits), src, spread).mean()
+    return float(near / style_distance(handwriting_attributes(references), src, spread).mean())

@@ -60,3 +60,34 @@ def test_background_noise_by_hand():
     assert metrics.background_noise(np.full((1, 5, 5, 1), -1.0)) == 0.0  # a blank image
     x[0, 0, 1, 0] = -3.0          # below the range: shows as black, so adds nothing
     assert metrics.background_noise(x) == pytest.approx(0.5 / 72)
+
+
+def _bar(top=4, bottom=23, left=12, width=3, shear=0.0):
+    """A 28x28 image in [-1, 1] with one bar of ink, shifted by `shear` columns per row."""
+    img = -np.ones((28, 28, 1))
+    for r in range(top, bottom + 1):
+        start = int(round(left + shear * (r - (top + bottom) / 2)))
+        img[r, start:start + width] = 1.0
+    return img
+
+
+def test_handwriting_attributes_of_bars():
+    a = metrics.handwriting_attributes(np.stack([_bar(), _bar(shear=0.5), _bar(width=6), -np.ones((28, 28, 1))]))
+    assert a.shape == (4, len(metrics.ATTRIBUTES))
+    np.testing.assert_allclose(a[0, :2], [13.5, 13.0])  # centroid of rows 4..23, columns 12..14
+    np.testing.assert_allclose(a[0, 2], 0.0, atol=1e-12)  # upright
+    np.testing.assert_allclose(a[1, 2], 0.5, atol=0.05)  # half a column per row
+    np.testing.assert_allclose(a[0, 3], 3 * 20 / (3 + 20))  # w h / (w + h)
+    np.testing.assert_allclose(a[2, 3], 6 * 20 / (6 + 20))
+    np.testing.assert_array_equal(a[:, 4], [20, 20, 20, 0])
+    np.testing.assert_array_equal(a[3], 0.0)  # no ink
+
+
+def test_style_ratio():
+    spread = np.ones(5)
+    src = np.stack([_bar(), _bar(shear=0.3)])
+    far = np.stack([_bar(left=4, width=6), _bar(left=20, shear=-0.3)])
+    assert metrics.style_ratio(src, src, far, spread) == 0.0  # the edit is the source
+    assert metrics.style_ratio(far, src, far, spread) == 1.0  # no closer than the references
+    half = np.stack([_bar(left=8, width=4), _bar(left=16, shear=0.0)])
+    assert 0.0 < metrics.style_ratio(half, src, far, spread) < 1.0
