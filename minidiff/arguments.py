@@ -76,3 +76,16 @@ def index(text: str) -> slice:
     if selection.start < 0 or selection.stop <= selection.start:
         raise argparse.ArgumentTypeError(f"index {text!r} selects nothing: use START:STOP with 0 <= START < STOP")
     return selection
+
+
+def levels(text: str) -> tuple[int, ...]:
+    """'0,2' -> (0, 2): decoder levels (0 the deepest); 'none' or '' -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must look like '0,2' or 'none', got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"levels must be >= 0, got {text!r}")
+    return values

@@ -270,9 +270,11 @@ def add_inversion_parser(sub, name: str) -> None:
     editing = name == "edit"
     p = sub.add_parser(name, help=("change the label of real images" if editing else
                                    "invert real images to noise and reconstruct them"),
-                       description="Invert real digits (held-out data set images, or a PNG) with "
-                       "DDIM inversion or null-class inversion at a guidance scale, then "
-                       + ("sample them again with another label." if editing else "reconstruct them."))
+                       description="Invert real digits (held-out data set images, or a PNG) at a guidance "
+                       "scale by one of five methods (plain DDIM, fixed-point DDIM, negative-prompt, null-class, "
+                       "direct inversion; minidiff/inversion.py), then "
+                       + ("sample them again with another label, the edit branch under Prompt-to-Prompt-style "
+                          "control (minidiff/editing.py)." if editing else "reconstruct them."))
     p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
     p.add_argument("--image", type=Path, default=None, help="a PNG to invert (any size; made grey for a 1-channel model, kept in colour for a 3-channel one)")
     p.add_argument("--label", type=int, default=None, help="the class of --image")
@@ -280,19 +282,32 @@ def add_inversion_parser(sub, name: str) -> None:
                    help="data set whose held-out images --index selects (default mnist)")
     p.add_argument("--index", type=arguments.index, default=slice(0, 8), help="held-out images, e.g. 0:100")
     p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--method", choices=pipeline.INVERSION_METHODS, default="null",
-                   help="plain DDIM inversion or null-class inversion (default)")
+    p.add_argument("--method", choices=inversion.METHODS, default="null",
+                   help="ddim (plain), fixed_point (each inverse step solved by iteration), negative "
+                        "(negative-prompt), null (null-class, the default) or direct (the source pinned to the pivot)")
     p.add_argument("--guidance", type=arguments.finite_float, default=7.5, help="CFG scale w")
     p.add_argument("--steps", type=arguments.positive_int, default=50, help="DDIM steps")
     p.add_argument("--inner-steps", type=arguments.positive_int, default=inversion.INNER_STEPS,
                    help=f"null-class inversion: most Adam steps per sampling step (default {inversion.INNER_STEPS})")
     p.add_argument("--lr", type=arguments.nonnegative_float, default=inversion.LR,
                    help=f"null-class inversion: Adam step size relative to the null row's RMS (default {inversion.LR})")
+    p.add_argument("--fixed-point-iterations", type=arguments.positive_int, default=5,
+                   help="fixed_point: iterations per inverse step (default 5)")
     if editing:
+        c = pipeline.DEFAULT_CONTROL
         p.add_argument("--to", type=int, required=True, help="the new label")
-        p.add_argument("--keep-source-steps", type=arguments.nonnegative_int, default=0,
-                       help="--method null: sampling steps that keep the source label before switching "
-                            "(fewer than --steps)")
+        p.add_argument("--attention", type=arguments.probability, default=c["attention"],
+                       help=f"fraction of the steps on which the edit takes the source's self-attention "
+                            f"(Prompt-to-Prompt's self_replace_steps; default {c['attention']})")
+        p.add_argument("--features", type=arguments.probability, default=c["features"],
+                       help=f"fraction of the steps on which it takes the source's decoder features "
+                            f"(Plug-and-Play; default {c['features']})")
+        p.add_argument("--feature-levels", type=arguments.levels, default=c["levels"],
+                       help="decoder levels whose features are taken, 0 the deepest, e.g. 0,2 "
+                            f"(default {','.join(map(str, c['levels'])) or 'none'})")
+        p.add_argument("--source-label", type=arguments.probability, default=c["source_label"],
+                       help=f"fraction of the steps that keep the source label before it switches "
+                            f"(default {c['source_label']})")
     p.add_argument("--out", type=Path, default=Path(f"{name}.png"),
                    help=".png: source / reconstruction" + (" / edit" if editing else "") +
                    " rows; .npz: the arrays, labels and per-image PSNR")
@@ -302,13 +317,6 @@ def run_inversion(args) -> None:
     from minidiff import metrics, models, pipeline, plotting
 
     check_output_path(args.out, suffixes=(".png", ".npz"), what="--out")
-    keep = getattr(args, "keep_source_steps", 0)
-    if keep and args.method != "null":
-        raise ValueError("--keep-source-steps works with --method null only (plain DDIM inversion "
-                         "edits with the target label from the first step)")
-    if keep >= args.steps:
-        raise ValueError(f"--keep-source-steps {keep} must be less than --steps {args.steps}: "
-                         "otherwise the label never changes and the 'edit' is the reconstruction")
     model, meta = models.load_model(args.ckpt)
     cfg = model.config
     target = check_labels([args.to], cfg.num_classes, "--to")[0] if args.command == "edit" else None
@@ -328,10 +336,12 @@ def run_inversion(args) -> None:
                          f"{cfg.image_size}x{cfg.image_size}x{cfg.in_channels}")
     targets = None if target is None else np.full(len(labels), target, np.int32)
     x0 = data.to_model_range(images)
+    controller = None if target is None else pipeline.controller_for(
+        model, args.attention, args.features, args.feature_levels, args.source_label)
     result = pipeline.invert_and_edit(
         model, models.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
-        steps=args.steps, targets=targets, keep_source_steps=keep,
-        inner_steps=args.inner_steps, lr=args.lr)
+        steps=args.steps, targets=targets, controller=controller, inner_steps=args.inner_steps, lr=args.lr,
+        fixed_point_iterations=args.fixed_point_iterations)
     psnr = metrics.psnr(x0, result["reconstructions"])
     summary = f"{len(labels)} image(s), {args.method} inversion, w={args.guidance}: mean PSNR {psnr.mean():.2f} dB"
     if args.out.suffix == ".npz":

@@ -17,13 +17,23 @@ import numpy as np
 from flax import nnx
 from jax.tree_util import Partial
 
-from minidiff import diffusion, guidance, inversion, samplers, schedules
+from minidiff import diffusion, editing, guidance, inversion, samplers, schedules
 from minidiff.classifier import Classifier
 from minidiff.contracts import ControlledEmbEpsFn, EmbEpsFn, EpsFn, LogProbFn
 from minidiff.unet import Control, UNet
 
 SAMPLERS = ("ddim", "ddpm")
-INVERSION_METHODS = ("ddim", "null")  # plain DDIM inversion; null-class inversion
+# What `edit` does with no control flags (controller_for's arguments): the label switch after 10%
+# of the steps; docs/results.md, "Editing", has the controllers measured against it.
+DEFAULT_CONTROL = {"attention": 0.0, "features": 0.0, "levels": (), "source_label": 0.1}
+# The controllers `python -m minidiff.experiments editing` compares.
+EDIT_SWEEP = {
+    "label switch": {"source_label": 0.1},
+    "P2P attention 0.5": {"attention": 0.5},
+    "P2P attention 1.0": {"attention": 1.0},
+    **{f"P2P + features {f:g} (28x28)": {"attention": 1.0, "features": f, "levels": (2,)} for f in (0.3, 0.4, 0.5)},
+    **{f"P2P + features {f:g} (7x7)": {"attention": 1.0, "features": f, "levels": (0,)} for f in (0.3, 0.4, 0.5)},
+}
 
 
 def as_eps(model: UNet, s: schedules.Schedule | None, x_t, t, out):
@@ -180,38 +190,42 @@ def label_grid(num_classes: int, per_label: int) -> np.ndarray:
     return np.repeat(np.arange(num_classes), per_label).astype(np.int32)
 
 
+def feature_levels(model: UNet, *levels: int) -> tuple[float, ...]:
+    """Controller.feature_levels for this U-Net: weight 1 at the given up-path levels (0 the
+    deepest, at the lowest resolution), 0 elsewhere."""
+    count = len(model.config.channels)
+    if any(not 0 <= l < count for l in levels):
+        raise ValueError(f"feature levels must lie in 0..{count - 1} (this U-Net has {count}), got {levels}")
+    return tuple(1.0 if l in levels else 0.0 for l in range(count))
+
+
+def controller_for(model: UNet, attention: float = 0.0, features: float = 0.0, levels=(), source_label: float = 0.0):
+    """An editing.Controller sized to this U-Net's decoder (levels as in feature_levels)."""
+    return editing.Controller(attention, features, feature_levels(model, *levels), source_label)
+
+
 def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: str = "null",
                     guidance_scale: float = 7.5, steps: int = 50, targets=None,
-                    keep_source_steps: int = 0, inner_steps: int = inversion.INNER_STEPS,
-                    lr: float = inversion.LR) -> dict:
-    """Invert real images x0 (B, H, W, C) with their labels and reconstruct them; with targets
-    (B,) also edit them to those labels. method "ddim" (plain DDIM inversion at the same
-    guidance) or "null" (null-class inversion, with inner_steps and lr as in
-    inversion.null_class_inversion). Returns numpy arrays: reconstructions, and
-    edits when targets are given, plus for "null" the inner optimiser steps used (n, B)."""
-    if method not in INVERSION_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {INVERSION_METHODS}")
+                    controller: editing.Controller | None = None, inner_steps: int = inversion.INNER_STEPS,
+                    lr: float = inversion.LR, fixed_point_iterations: int = 5) -> dict:
+    """Invert real images x0 (B, H, W, C) with their labels by one of inversion.METHODS and
+    reconstruct them; with targets (B,) also edit them to those labels, the edit branch
+    controlled by `controller` (editing.Controller; None: no control). inner_steps and lr go
+    to null-class inversion, fixed_point_iterations to fixed-point inversion. Returns numpy
+    arrays: reconstructions, edits when targets are given, and for "null" the inner optimiser
+    steps used (n, B)."""
+    if method not in inversion.METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {inversion.METHODS}")
     labels = jnp.asarray(labels, jnp.int32)
     ts = samplers.make_timesteps(s.num_timesteps, steps)
     emb_fn, table = unet_embedding_fns(model, s)
-    null = table[model.null_class]
-    out = {}
-    if method == "ddim":
-        eps_fn = inversion.embedding_cfg_eps_fn(emb_fn, guidance_scale, table[labels], null)
-        x_T = samplers.ddim_invert(eps_fn, s, x0, ts)
-        out["reconstructions"] = samplers.ddim_sample(eps_fn, s, x_T, ts)
-        if targets is not None:
-            edit_fn = inversion.embedding_cfg_eps_fn(emb_fn, guidance_scale, table[jnp.asarray(targets)], null)
-            out["edits"] = samplers.ddim_sample(edit_fn, s, x_T, ts)
-    else:
-        inv = inversion.null_class_inversion(emb_fn, s, x0, ts, table[labels], null, guidance_scale,
-                                             inner_steps=inner_steps, lr=lr)
-        rec_fn = inversion.null_embedding_eps_fn(emb_fn, guidance_scale, ts, inv, table[labels])
-        out["reconstructions"] = samplers.ddim_sample(rec_fn, s, inv.x_T, ts)
+    inv = inversion.invert(method, emb_fn, s, x0, ts, table[labels], table[model.null_class], guidance_scale,
+                           fixed_point_iterations=fixed_point_iterations, inner_steps=inner_steps, lr=lr)
+    controller = controller_for(model) if controller is None or targets is None else controller
+    edit_to = labels if targets is None else jnp.asarray(targets, jnp.int32)
+    rec, edits = editing.edit(unet_controlled_fn(model, s), s, inv, ts, guidance_scale, table[labels],
+                              table[edit_to], controller)
+    out = {"reconstructions": rec} | ({} if targets is None else {"edits": edits})
+    if inv.inner_steps is not None:
         out["inner_steps"] = inv.inner_steps
-        if targets is not None:
-            edit_fn = inversion.null_embedding_eps_fn(
-                emb_fn, guidance_scale, ts, inv, table[jnp.asarray(targets)], source_emb=table[labels],
-                keep_source_steps=keep_source_steps)
-            out["edits"] = samplers.ddim_sample(edit_fn, s, inv.x_T, ts)
     return {k: check_finite(v, k) for k, v in out.items()}

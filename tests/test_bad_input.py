@@ -65,10 +65,12 @@ def test_a_checkpoint_with_a_nan_weight_is_refused_by_name(capsys, tmp_path):
     (["train", "--weight-decay", "-0.1"], r"--weight-decay: must be a finite number >= 0"),
     (["sample", "--labels", "3..1"], r"'3\.\.1' is an empty range"),
     (["invert", "--index", "5:2"], r"index '5:2' selects nothing"),
-    (["edit", "--to", "3", "--method", "ddim", "--keep-source-steps", "3"],
-     r"--keep-source-steps works with --method null only"),
-    (["edit", "--to", "3", "--steps", "4", "--keep-source-steps", "4"],
-     r"--keep-source-steps 4 must be less than --steps 4"),
+    (["edit", "--to", "3", "--attention", "1.5"], r"--attention: must be a number in \[0, 1\], got '1.5'"),
+    (["edit", "--to", "3", "--feature-levels", "0,x"], r"levels must look like '0,2' or 'none'"),
+    (["edit", "--to", "3", "--method", "ddim", "--feature-levels", "5", "--index", "0"],
+     r"feature levels must lie in 0\.\.2 \(this U-Net has 3\)"),
+    (["edit", "--to", "3", "--method", "ddim", "--features", "0.5", "--feature-levels", "none", "--index", "0"],
+     r"Controller.features > 0 needs feature_levels"),
 ])
 def test_nonsense_is_refused(capsys, args, message):
     refused(capsys, message, *args)

@@ -22,26 +22,30 @@ def setup():
 
 @pytest.mark.slow
 def test_inversion_experiment(setup, tmp_path):
-    result = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0, 7.5), steps=4,
-                                              keep_source_steps=1, batch=2)
+    result = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0, 7.5), steps=4, batch=2)
     rows = {(r["guidance"], r["method"]): r for r in result["rows"]}
-    assert set(rows) == {(1.0, "ddim"), (1.0, "null"), (7.5, "ddim"), (7.5, "null")}
-    # At w = 1 the null embedding cancels out of the guided eps: both methods agree exactly.
-    assert rows[1.0, "null"]["psnr_mean"] == pytest.approx(rows[1.0, "ddim"]["psnr_mean"], abs=1e-4)
+    assert set(rows) == {(w, m) for w in (1.0, 7.5) for m in inversion.METHODS}
+    # At w = 1 the null embedding cancels out of the guided eps: plain, null-class and
+    # negative-prompt inversion are the same method there.
+    for m in ("null", "negative"):
+        assert rows[1.0, m]["psnr_mean"] == pytest.approx(rows[1.0, "ddim"]["psnr_mean"], abs=1e-4)
     assert rows[1.0, "null"]["inner_steps_mean"] == 0
     assert rows[7.5, "null"]["psnr_mean"] > rows[7.5, "ddim"]["psnr_mean"]
-    assert 0 <= rows[7.5, "null"]["inner_steps_mean"] <= inversion.INNER_STEPS
+    assert rows[7.5, "direct"]["psnr_mean"] > 60  # exact by construction
+    assert all(0 <= r["edit_accuracy"] <= 1 and r["style_ratio"] > 0 for r in rows.values())
     saved = json.loads((tmp_path / "inversion.json").read_text())
-    assert saved["num_images"] == 2 and "psnr_to_source" in saved["random_target_samples"]
-    assert (tmp_path / "inversion_null_w7.5.png").exists()
-    # One scale run again on its own replaces its rows and keeps the others.
-    again = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0,), steps=4,
-                                             keep_source_steps=1, batch=2)
-    assert [(r["guidance"], r["method"]) for r in again["rows"]] == sorted(rows)
-    assert again["random_target_samples"] == saved["random_target_samples"]  # kept: its w = 7.5 was not rerun
-    # Other settings start afresh.
-    other = experiments.inversion_experiment(setup, tmp_path, num=2, guidance=(1.0,), steps=2, batch=2)
-    assert [r["guidance"] for r in other["rows"]] == [1.0, 1.0]
+    assert saved["num_images"] == 2 and len(saved["random_target_samples"]) == 2
+    assert (tmp_path / "inversion_w7.5.png").exists()
+
+
+@pytest.mark.slow
+def test_editing_experiment(setup, tmp_path):
+    controls = {"switch": {"source_label": 0.25}, "attention": {"attention": 0.5},
+                "features": {"attention": 0.5, "features": 0.5, "levels": (1,)}}
+    result = experiments.editing_experiment(setup, tmp_path, controls, num=2, guidance=(3.0,), steps=4, batch=2)
+    assert [r["controller"] for r in result["rows"]] == list(controls)
+    assert all(0 <= r["edit_accuracy"] <= 1 and r["style_ratio"] > 0 for r in result["rows"])
+    assert (tmp_path / "editing.json").exists() and (tmp_path / "editing_w3.png").exists()
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
     python -m minidiff.experiments sampler-table       # DDIM Table 1: classifier FID, S x eta
     python -m minidiff.experiments reconstruction      # DDIM Table 2: encode-decode MSE vs S
     python -m minidiff.experiments guidance            # CFG and classifier guidance sweeps
-    python -m minidiff.experiments inversion           # DDIM vs null-class inversion, edits
+    python -m minidiff.experiments inversion           # the inversion methods side by side, edits
+    python -m minidiff.experiments editing             # the edit controllers side by side (P2P)
     python -m minidiff.experiments time-to-quality --run runs/mnist   # accuracy vs training time
     python -m minidiff.experiments diagnosis           # eps loss per t; x0_pred along trajectories
 
@@ -12,10 +13,10 @@ evaluation.Setup (evaluation.load_setup: the model, its schedule, the judge, hel
 """
 
 from minidiff.experiments.diagnosis import diagnosis
-from minidiff.experiments.inversion import inversion_experiment
+from minidiff.experiments.inversion import editing_experiment, inversion_experiment
 from minidiff.experiments.reconstruction import reconstruction_table
 from minidiff.experiments.sampling import guidance_sweep, plot_guidance, sampler_table
 from minidiff.experiments.time_to_quality import time_to_quality
 
-__all__ = ["diagnosis", "guidance_sweep", "inversion_experiment", "plot_guidance",
+__all__ = ["diagnosis", "editing_experiment", "guidance_sweep", "inversion_experiment", "plot_guidance",
            "reconstruction_table", "sampler_table", "time_to_quality"]

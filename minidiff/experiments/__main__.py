@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minidiff import evaluation, experiments, models
+from minidiff import evaluation, experiments, models, pipeline
 from minidiff.experiments.common import RESULTS_DIR
 
 
@@ -48,10 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-scales", type=floats, default=(0.0, 1.0, 2.0, 5.0, 10.0, 20.0))
     p.add_argument("--classifier", type=Path, default=None,
                    help="noised classifier (default data/checkpoints/DATASET_classifier_noisy.npz)")
-    p = add("inversion", "DDIM vs null-class inversion of held-out images, and label-swap edits")
+    p = add("inversion", "the inversion methods side by side on held-out images: PSNR, seconds, edits")
     p.add_argument("--num", type=int, default=100, help="held-out images")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=floats, default=(1.0, 3.0, 7.5))
+    p.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=None,
+                   help="comma-separated, default all of minidiff.inversion.METHODS")
+    p.add_argument("--batch", type=int, default=50)
+    p = add("editing", "the edit controllers side by side (label switch, P2P attention, feature injection)")
+    p.add_argument("--num", type=int, default=100, help="held-out images")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=floats, default=(3.0, 7.5))
+    p.add_argument("--method", default="null", help="inversion method (default null)")
     p.add_argument("--batch", type=int, default=50)
     p = add("time-to-quality", "accuracy of a run's snapshots against its training wall time")
     p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
@@ -84,7 +92,10 @@ def main(argv=None) -> int:
             experiments.plot_guidance(out, [cfg, clf])
         elif args.experiment == "inversion":
             experiments.inversion_experiment(setup, out, num=args.num, guidance=args.guidance, steps=args.steps,
-                                             batch=args.batch)
+                                             methods=args.methods, batch=args.batch)
+        elif args.experiment == "editing":
+            experiments.editing_experiment(setup, out, pipeline.EDIT_SWEEP, num=args.num, guidance=args.guidance,
+                                           method=args.method, steps=args.steps, batch=args.batch)
         elif args.experiment == "diagnosis":
             experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
                                   name=args.name)
