@@ -52,15 +52,20 @@ def labels(text: str) -> list[int]:
     return values
 
 
+def _int_tuple(text: str, what: str, example: str, minimum: int) -> tuple[int, ...]:
+    """'a,b,c' -> (a, b, c), each an integer >= minimum."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must look like '{example}', got {text!r}") from None
+    if any(v < minimum for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {text!r}")
+    return values
+
+
 def channels(text: str) -> tuple[int, ...]:
     """'16,48,128' -> (16, 48, 128): the U-Net's width per resolution level."""
-    try:
-        values = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"channels must look like '16,48,128', got {text!r}") from None
-    if any(c < 1 for c in values):
-        raise argparse.ArgumentTypeError(f"channels must be positive, got {text!r}")
-    return values
+    return _int_tuple(text, "channels", "16,48,128", 1)
 
 
 def index(text: str) -> slice:
@@ -82,10 +87,4 @@ def levels(text: str) -> tuple[int, ...]:
     """'0,2' -> (0, 2): decoder levels (0 the deepest); 'none' or '' -> ()."""
     if text.strip().lower() in ("", "none"):
         return ()
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"levels must look like '0,2' or 'none', got {text!r}") from None
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"levels must be >= 0, got {text!r}")
-    return values
+    return _int_tuple(text, "levels", "0,2' or 'none", 0)

@@ -320,6 +320,8 @@ def run_inversion(args) -> None:
     model, meta = models.load_model(args.ckpt)
     cfg = model.config
     target = check_labels([args.to], cfg.num_classes, "--to")[0] if args.command == "edit" else None
+    controller = None if target is None else pipeline.controller_for(
+        model, args.attention, args.features, args.feature_levels, args.source_label)
     if args.image is not None:
         if args.label is None:
             raise ValueError("--image needs --label (the class of the picture)")
@@ -336,8 +338,6 @@ def run_inversion(args) -> None:
                          f"{cfg.image_size}x{cfg.image_size}x{cfg.in_channels}")
     targets = None if target is None else np.full(len(labels), target, np.int32)
     x0 = data.to_model_range(images)
-    controller = None if target is None else pipeline.controller_for(
-        model, args.attention, args.features, args.feature_levels, args.source_label)
     result = pipeline.invert_and_edit(
         model, models.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
         steps=args.steps, targets=targets, controller=controller, inner_steps=args.inner_steps, lr=args.lr,

@@ -10,6 +10,19 @@ TINY_UNET = UNetConfig(image_size=28, in_channels=1, channels=(8, 16), num_res_b
                        attention=False, emb_dim=32, num_groups=4)
 
 
+def randomised_unet(config: UNetConfig = TINY_UNET):
+    """A freshly built U-Net whose zero-initialised output layer is randomised, so that eps
+    depends on x, t and the class (inversion and editing tests)."""
+    import jax
+
+    from minidiff import models
+
+    model = models.build_model(config, seed=0)
+    kernel = model.conv_out.conv.kernel
+    kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), kernel.shape)
+    return model
+
+
 def data_dir() -> Path | None:
     """../shared/data beside the checkout, or $MINIDIFF_DATA_DIR; None when neither exists."""
     for candidate in (os.environ.get("MINIDIFF_DATA_DIR"), REPO.parent / "shared" / "data"):

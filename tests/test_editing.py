@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from minidiff import analytic, editing, inversion, models, pipeline, samplers, schedules
-from tests.helpers import TINY_UNET
+from tests.helpers import TINY_UNET, randomised_unet
 
 TINY_ATTENTION = dataclasses.replace(TINY_UNET, attention=True, attention_heads=2)  # attention at 14x14
 
@@ -84,9 +84,7 @@ def test_unknown_method_and_bad_controller(mixture):
 @pytest.fixture(scope="module")
 def unet():
     """A tiny U-Net whose output layer is randomised, inverted on 3 image-like arrays."""
-    model = models.build_model(TINY_ATTENTION, seed=0)
-    kernel = model.conv_out.conv.kernel
-    kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), kernel.shape)
+    model = randomised_unet(TINY_ATTENTION)
     emb_fn, table = pipeline.unet_embedding_fns(model)
     x0 = jnp.tanh(2 * jax.random.normal(jax.random.PRNGKey(2), (3, 28, 28, 1)))
     y = jnp.array([1, 3, 5])

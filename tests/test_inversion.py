@@ -5,7 +5,7 @@ import pytest
 from jax.tree_util import Partial
 
 from minidiff import inversion, metrics, models, pipeline, samplers, schedules
-from tests.helpers import TINY_UNET
+from tests.helpers import TINY_UNET, randomised_unet
 
 S = schedules.linear_schedule(1000)
 TS = samplers.make_timesteps(1000, 10)
@@ -15,9 +15,7 @@ W = 7.5
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny U-Net whose output layer is randomised, so eps depends on x, t and the class."""
-    model = models.build_model(TINY_UNET, seed=0)
-    kernel = model.conv_out.conv.kernel
-    kernel[...] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), kernel.shape)
+    model = randomised_unet(TINY_UNET)
     emb_fn, table = pipeline.unet_embedding_fns(model)
     x0 = jnp.tanh(2 * jax.random.normal(jax.random.PRNGKey(2), (4, 28, 28, 1)))  # image-like range
     y = jnp.array([1, 3, 5, 7])
