@@ -95,6 +95,13 @@ def test_time_to_quality_scores_every_snapshot(setup, tmp_path):
     assert result["first_reached"]["step"] == 1
     assert result["device"] == train.device_description()  # recorded by the training run
     assert (tmp_path / "time_to_quality.png").exists()
+    # Run again: the snapshots already scored are kept, not scored again (a marked row shows it).
+    saved = json.loads((tmp_path / "time_to_quality.json").read_text())
+    saved["rows"][0]["accuracy_w1"] = 0.5
+    (tmp_path / "time_to_quality.json").write_text(json.dumps(saved))
+    again = experiments.time_to_quality(setup, tmp_path / "run", tmp_path, scales=(1.0, 3.0), per_label=1,
+                                        target=0.0)
+    assert again["rows"][0]["accuracy_w1"] == 0.5 and again["rows"][1] == result["rows"][1]
 
 
 def test_command_line_errors_are_clear(tmp_path, capsys):

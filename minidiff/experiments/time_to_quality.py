@@ -8,6 +8,7 @@ which the best scale reaches the target accuracy. Scoring time is not training t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from minidiff import evaluation, models, plotting
@@ -17,17 +18,24 @@ from minidiff.experiments.common import log_row, save_json
 
 def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_label: int = 10,
                     target: float = 0.95, seed: int = 0) -> dict:
-    """Accuracy of each snapshot in run_dir/snapshots at each scale, and when target is met."""
+    """Accuracy of each snapshot in run_dir/snapshots at each scale, and when target is met.
+
+    Snapshots already scored in out_dir/time_to_quality.json with the same settings are not
+    scored again, so the experiment can follow a run that is still training."""
     snapshots = sorted(Path(run_dir, "snapshots").glob("model_*.npz"))
     if not snapshots:
         raise FileNotFoundError(f"no snapshots in {Path(run_dir, 'snapshots')}; train with --snapshot-every")
     result = {"experiment": "time_to_quality", "run_dir": str(run_dir), "per_label": per_label,
               "num_classes": setup.model.config.num_classes, "scales": list(scales), "target": target,
               "rows": []}
+    earlier = _earlier_rows(Path(out_dir) / "time_to_quality.json", result)
     for path in snapshots:
         model, meta = models.load_model(path)
-        row = {"step": meta["step"], "minutes": round(meta["elapsed"] / 60, 2)}
         result.setdefault("device", meta.get("device", "not recorded"))
+        if meta["step"] in earlier:
+            result["rows"].append(earlier[meta["step"]])
+            continue
+        row = {"step": meta["step"], "minutes": round(meta["elapsed"] / 60, 2)}
         for w in scales:
             images, labels, _ = evaluation.draw_samples(model, setup.schedule, per_label, seed=seed,
                                                         guidance_scale=w)
@@ -42,6 +50,16 @@ def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_
     plot_time_to_quality(result, Path(out_dir) / "time_to_quality.png")
     save_json(out_dir, "time_to_quality", result)
     return result
+
+
+def _earlier_rows(path: Path, fresh: dict) -> dict:
+    """{step: row} of an earlier result at path with the same settings, else {}."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(k) != fresh[k] for k in ("run_dir", "per_label", "num_classes", "scales", "target")):
+        return {}
+    return {r["step"]: r for r in earlier["rows"]}
 
 
 def plot_time_to_quality(result: dict, path) -> Path:
