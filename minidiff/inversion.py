@@ -47,7 +47,7 @@ from jax.tree_util import Partial
 
 from minidiff.contracts import EmbEpsFn, EpsFn
 from minidiff.guidance import cfg_combine, cfg_eps
-from minidiff.samplers import as_partial, check_timesteps, ddim_invert, ddim_step, step_pairs
+from minidiff.samplers import as_partial, check_timesteps, ddim_invert, ddim_sample, ddim_step, step_pairs
 from minidiff.schedules import Schedule
 
 INNER_STEPS = 50  # defaults of null_class_inversion, see its docstring
@@ -198,25 +198,28 @@ def null_class_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_
     return Inversion("null", pivot[-1], embs, pivot, losses, used)
 
 
-def _null_embedding_eps(emb_eps_fn, w, ts, null_embs, cond_embs, switch, x_t, t, y):
+def _null_embedding_eps(emb_eps_fn, w, ts, null_embs, cond_emb, x_t, t, y):
     i = jnp.argmax(ts == t[0])  # which sampling step this is
-    cond = jnp.where(i < switch, cond_embs[0], cond_embs[1])  # source label first, then target
-    return cfg_eps(emb_eps_fn, w, x_t, t, cond, null_embs[i])
+    return cfg_eps(emb_eps_fn, w, x_t, t, cond_emb, null_embs[i])
 
 
-def null_embedding_eps_fn(emb_eps_fn: EmbEpsFn, w: float, timesteps, inversion: Inversion,
-                          target_emb, source_emb=None, keep_source_steps: int = 0) -> EpsFn:
-    """Guided eps_fn that uses the optimised null embedding of each step.
+def null_embedding_eps_fn(emb_eps_fn: EmbEpsFn, w: float, timesteps, inversion: Inversion, cond_emb) -> EpsFn:
+    """Guided eps_fn that uses the inversion's null embedding of each step and the label
+    embedding cond_emb (B, D). With the source label's embedding, ddim_sample from
+    inversion.x_T reconstructs the image; with another label's it is the uncontrolled edit
+    (minidiff/editing.py adds the control)."""
+    return Partial(_null_embedding_eps, as_partial(emb_eps_fn), jnp.float32(w), jnp.asarray(timesteps),
+                   inversion.null_embeddings, jnp.asarray(cond_emb))
 
-    With target_emb = the source label's embedding, ddim_sample from inversion.x_T reconstructs
-    the image; with another label's embedding it edits it (a class-label analogue of
-    Prompt-to-Prompt). keep_source_steps > 0 keeps the source label for the first steps, which
-    fixes the layout before the label changes.
-    """
-    source = target_emb if source_emb is None else source_emb
-    return Partial(_null_embedding_eps, as_partial(emb_eps_fn), jnp.float32(w),
-                   jnp.asarray(timesteps), inversion.null_embeddings,
-                   jnp.stack([jnp.asarray(source), jnp.asarray(target_emb)]), jnp.int32(keep_source_steps))
+
+def reconstruct(emb_eps_fn: EmbEpsFn, s: Schedule, inversion: Inversion, timesteps, w: float, cond_emb):
+    """The inverted images sampled back (B, H, W, C): guided DDIM from x_T with the inversion's
+    null embeddings; for direct inversion, whose source branch is pinned to the pivot, the pivot's
+    end x_0 itself. The source branch of editing.edit, without the edit branch's cost."""
+    if inversion.pin_source:
+        return inversion.pivot[0]
+    ts = check_timesteps(timesteps, s.num_timesteps)
+    return ddim_sample(null_embedding_eps_fn(emb_eps_fn, w, ts, inversion, cond_emb), s, inversion.x_T, ts)
 
 
 def _pivot(emb_eps_fn, s, x0, ts, cond_emb, null_emb):

@@ -221,10 +221,12 @@ def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: s
     emb_fn, table = unet_embedding_fns(model, s)
     inv = inversion.invert(method, emb_fn, s, x0, ts, table[labels], table[model.null_class], guidance_scale,
                            fixed_point_iterations=fixed_point_iterations, inner_steps=inner_steps, lr=lr)
-    controller = controller_for(model) if controller is None or targets is None else controller
-    edit_to = labels if targets is None else jnp.asarray(targets, jnp.int32)
-    rec, edits = editing.edit(unet_controlled_fn(model, s), s, inv, ts, guidance_scale, table[labels],
-                              table[edit_to], controller)
+    if targets is None:  # reconstruction only: the source branch alone
+        rec = inversion.reconstruct(emb_fn, s, inv, ts, guidance_scale, table[labels])
+    else:
+        controller = controller_for(model) if controller is None else controller
+        rec, edits = editing.edit(unet_controlled_fn(model, s), s, inv, ts, guidance_scale, table[labels],
+                                  table[jnp.asarray(targets, jnp.int32)], controller)
     out = {"reconstructions": rec} | ({} if targets is None else {"edits": edits})
     if inv.inner_steps is not None:
         out["inner_steps"] = inv.inner_steps

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minidiff import analytic, editing, inversion, models, pipeline, samplers, schedules
+from minidiff import analytic, editing, guidance, inversion, models, pipeline, samplers, schedules
 from tests.helpers import TINY_UNET, randomised_unet
 
 TINY_ATTENTION = dataclasses.replace(TINY_UNET, attention=True, attention_heads=2)  # attention at 14x14
@@ -118,11 +118,16 @@ def test_no_control_is_the_uncontrolled_edit_and_control_changes_it(unet):
     _, edit = editing.edit(fn, S, inv, TS, 3.0, table[y], target, none)
     plain = samplers.ddim_sample(inversion.null_embedding_eps_fn(emb_fn, 3.0, TS, inv, target), S, inv.x_T, TS)
     np.testing.assert_allclose(edit, plain, atol=1e-5)
-    # the label switch after k steps is the single-branch keep_source_steps = k
+    # the label switch after k steps: the source label for the first k steps, then the target
     _, switched = editing.edit(fn, S, inv, TS, 3.0, table[y], target,
                                editing.Controller(source_label=0.3, feature_levels=_levels(model)))
-    kept = inversion.null_embedding_eps_fn(emb_fn, 3.0, TS, inv, target, source_emb=table[y], keep_source_steps=3)
-    np.testing.assert_allclose(switched, samplers.ddim_sample(kept, S, inv.x_T, TS), atol=1e-5)
+    ts = samplers.check_timesteps(TS, S.num_timesteps)
+
+    def by_hand(x_t, t, _):
+        i = jnp.argmax(ts == t[0])
+        return guidance.cfg_eps(emb_fn, 3.0, x_t, t, jnp.where(i < 3, table[y], target), inv.null_embeddings[i])
+
+    np.testing.assert_allclose(switched, samplers.ddim_sample(by_hand, S, inv.x_T, TS), rtol=1e-5, atol=1e-4)
     _, attended = editing.edit(fn, S, inv, TS, 3.0, table[y], target,
                                editing.Controller(attention=0.5, feature_levels=_levels(model)))
     assert float(jnp.abs(attended - edit).max()) > 1e-4
