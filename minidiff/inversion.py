@@ -98,30 +98,33 @@ def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, 
         def step_with(e):
             return ddim_step(s, z, cfg_combine(eps_cond, emb_eps_fn(z, tb, e), w), tb, tpb)
 
-        def losses_of(e):  # per-example MSE to the pivot, (B,)
-            return jnp.mean((step_with(e) - target).reshape(batch, -1) ** 2, axis=1)
-
         def total_loss(u):  # Adam works on u = e / scale, so lr is relative to the scale
-            losses = losses_of(scale * u)
-            return jnp.sum(losses), losses
+            z_prev = step_with(scale * u)
+            losses = jnp.mean((z_prev - target).reshape(batch, -1) ** 2, axis=1)  # per-example MSE, (B,)
+            return jnp.sum(losses), (losses, z_prev)
 
         optimizer = optax.adam(lr * (1.0 - i / 100.0))  # Mokady et al.'s decaying learning rate
         threshold = 1e-5 + i * 2e-5  # ... and their early-stopping threshold
 
-        def body(c):
-            k, u, opt_state, done, used = c
-            (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(u)
+        def body(c):  # check the loss at u; only if some example is above the threshold, backprop and update
+            k, u, opt_state, done, used, _ = c
+            _, pullback, (losses, z_prev) = jax.vjp(total_loss, u, has_aux=True)
             done = done | (losses < threshold)
-            updates, opt_state = optimizer.update(grads, opt_state)
-            u = jnp.where(done[:, None], u, u + updates)  # converged examples stay put
-            return k + 1, u, opt_state, done, used + (~done).astype(jnp.int32)
+
+            def update(u, opt_state):
+                updates, opt_state = optimizer.update(pullback(jnp.ones(()))[0], opt_state)
+                return jnp.where(done[:, None], u, u + updates), opt_state  # converged examples stay put
+
+            u, opt_state = jax.lax.cond(jnp.all(done), lambda u, o: (u, o), update, u, opt_state)
+            return k + 1, u, opt_state, done, used + (~done).astype(jnp.int32), z_prev
 
         u = emb / scale
-        init = (0, u, optimizer.init(u), jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32))
-        _, u, _, _, used = jax.lax.while_loop(
+        init = (0, u, optimizer.init(u), jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32), z)
+        _, u, _, done, used, z_prev = jax.lax.while_loop(
             lambda c: (c[0] < inner_steps) & ~jnp.all(c[3]), body, init)
         emb = scale * u
-        z_prev = step_with(emb)
+        # all converged: z_prev is the step at the final u; else (out of steps) take that step now
+        z_prev = jax.lax.cond(jnp.all(done), lambda: z_prev, lambda: step_with(emb))
         loss = jnp.mean((z_prev - target).reshape(batch, -1) ** 2, axis=1)
         return (z_prev, emb), (emb, loss, used)
 

@@ -127,7 +127,7 @@ def test_no_control_is_the_uncontrolled_edit_and_control_changes_it(unet):
         i = jnp.argmax(ts == t[0])
         return guidance.cfg_eps(emb_fn, 3.0, x_t, t, jnp.where(i < 3, table[y], target), inv.null_embeddings[i])
 
-    np.testing.assert_allclose(switched, samplers.ddim_sample(by_hand, S, inv.x_T, TS), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(switched, samplers.ddim_sample(by_hand, S, inv.x_T, TS), rtol=1e-5, atol=1e-3)
     _, attended = editing.edit(fn, S, inv, TS, 3.0, table[y], target,
                                editing.Controller(attention=0.5, feature_levels=_levels(model)))
     assert float(jnp.abs(attended - edit).max()) > 1e-4
