@@ -85,7 +85,7 @@ def embedding_cfg_eps_fn(emb_eps_fn: EmbEpsFn, w: float, cond_emb, null_emb) -> 
     return Partial(_embedding_cfg_eps, as_partial(emb_eps_fn), jnp.float32(w), cond_emb, null_emb)
 
 
-@partial(jax.jit, static_argnames=("inner_steps",))
+@jax.jit
 def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, lr, inner_steps):
     n, batch = ts.shape[0], cond_emb.shape[0]
 
@@ -134,7 +134,7 @@ def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, 
     return embs, losses, used
 
 
-@partial(jax.jit, static_argnames=("inner_steps", "group"))
+@partial(jax.jit, static_argnames=("group",))
 def _optimise_in_groups(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, lr, inner_steps, group):
     """_optimise on groups of `group` images, one group after another (lax.map), so that each
     group's inner loop stops when its own images have converged, not the slowest of the batch."""
@@ -191,7 +191,7 @@ def null_class_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_
     null_init = jnp.broadcast_to(null_emb, cond_emb.shape)
     no_effect = isinstance(w, (int, float)) and w == 1.0
     args = (emb_eps_fn, s, pivot, t, t_prev, cond_emb, null_init, jnp.float32(scale), jnp.float32(w),
-            jnp.float32(lr), 0 if no_effect else inner_steps)
+            jnp.float32(lr), jnp.int32(0 if no_effect else inner_steps))  # traced: no recompile per value
     if group is None or group >= x0.shape[0]:
         embs, losses, used = _optimise(*args)
     else:
