@@ -1,4 +1,5 @@
-"""The command line through subprocess, as a user runs it."""
+"""The command line through subprocess, as a user runs it; its error messages in this process
+(cli.main, the function the console script calls), which spares each one an interpreter start."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from minidiff import checkpoint
+from minidiff import checkpoint, cli
 from tests.helpers import REPO, data_dir
 
 
@@ -16,6 +17,17 @@ def minidiff(*args, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "minidiff", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def minidiff_here(capsys, monkeypatch, *args):
+    """cli.main on these arguments in this process, run from the checkout as minidiff() is:
+    (exit status, what it printed to stderr)."""
+    monkeypatch.chdir(REPO)
+    try:
+        status = cli.main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's usage errors
+        status = exit_.code
+    return status, capsys.readouterr().err
 
 
 def test_help_lists_the_commands():
@@ -71,11 +83,11 @@ def test_sample_without_ckpt_uses_the_released_mnist_model(tmp_path):
         (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     ],
 )
-def test_bad_arguments_give_clear_errors(args, message):
+def test_bad_arguments_give_clear_errors(args, message, capsys, monkeypatch):
     released = REPO / "data" / "checkpoints" / "mnist.npz"  # each error comes before any sampling
-    out = minidiff(*[a.format(model=released) for a in args])
-    assert out.returncode == 2
-    assert __import__("re").search(message, out.stderr), out.stderr
+    status, stderr = minidiff_here(capsys, monkeypatch, *[a.format(model=released) for a in args])
+    assert status == 2
+    assert __import__("re").search(message, stderr), stderr
 
 
 @pytest.mark.slow
@@ -135,13 +147,13 @@ def test_invert_reads_a_drawn_png_of_any_size(tmp_path):
         (["invert", "--image", "{thin}", "--label", "-1"], r"--label \[-1\] out of range"),
     ],
 )
-def test_bad_inversion_input_gives_clear_errors(args, message, tmp_path):
+def test_bad_inversion_input_gives_clear_errors(args, message, tmp_path, capsys, monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.imsave(tmp_path / "thin.png", np.zeros((1, 40)), cmap="gray")
-    out = minidiff(*[a.format(thin=tmp_path / "thin.png") for a in args])
-    assert out.returncode == 2, out.stderr
-    assert __import__("re").search(message, out.stderr), out.stderr
+    status, stderr = minidiff_here(capsys, monkeypatch, *[a.format(thin=tmp_path / "thin.png") for a in args])
+    assert status == 2, stderr
+    assert __import__("re").search(message, stderr), stderr
 
 
 def _train_args(run, *extra):
