@@ -92,12 +92,16 @@ def test_time_to_quality_scores_every_snapshot(setup, tmp_path):
                                          target=0.0)
     assert [r["step"] for r in result["rows"]] == [1, 2]
     assert result["rows"][0]["minutes"] <= result["rows"][1]["minutes"]
+    assert all(0 <= r[f"outside_w{w}"] <= 1 for r in result["rows"] for w in (1, 3))
     assert result["first_reached"]["step"] == 1
     assert result["device"] == train.device_description()  # recorded by the training run
     assert (tmp_path / "time_to_quality.png").exists()
     # Run again: the snapshots already scored are kept, not scored again (a marked row shows it).
     saved = json.loads((tmp_path / "time_to_quality.json").read_text())
+    # A row from before a measure was added (no outside_w3) is scored again.
     saved["rows"][0]["accuracy_w1"] = 0.5
+    saved["rows"][1]["accuracy_w1"] = 0.5
+    del saved["rows"][1]["outside_w3"]
     (tmp_path / "time_to_quality.json").write_text(json.dumps(saved))
     again = experiments.time_to_quality(setup, tmp_path / "run", tmp_path, scales=(1.0, 3.0), per_label=1,
                                         target=0.0)

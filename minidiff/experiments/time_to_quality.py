@@ -3,7 +3,9 @@
 A training run with --snapshot-every keeps its EMA weights at regular steps, each with the
 training wall time so far. Every snapshot is scored here (DDIM-50 samples at each guidance
 scale, judged by the clean evaluation classifier); the answer is the first training time at
-which the best scale reaches the target accuracy. Scoring time is not training time.
+which the best scale reaches the target accuracy. Each row also keeps the samples' fraction of
+pixels outside [-1, 1] before any clip (metrics.out_of_range_fraction), so the same run shows
+how clean the samples get with training. Scoring time is not training time.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_
         for w in scales:
             images, labels, _ = evaluation.draw_samples(model, setup.schedule, per_label, seed=seed,
                                                         guidance_scale=w)
-            row[f"accuracy_w{w:g}"] = evaluation.score_samples(setup.judge, images, labels)["accuracy"]
+            scores = evaluation.score_samples(setup.judge, images, labels)
+            row[f"accuracy_w{w:g}"] = scores["accuracy"]
+            row[f"outside_w{w:g}"] = scores["pixels_outside_range"]
         result["rows"].append(row)
         log_row(row)
     reached = [r for r in result["rows"] if max(r[f"accuracy_w{w:g}"] for w in scales) >= target]
@@ -53,13 +57,14 @@ def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_
 
 
 def _earlier_rows(path: Path, fresh: dict) -> dict:
-    """{step: row} of an earlier result at path with the same settings, else {}."""
+    """{step: row} of an earlier result at path with the same settings and measures, else {}."""
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
     if any(earlier.get(k) != fresh[k] for k in ("run_dir", "per_label", "num_classes", "scales", "target")):
         return {}
-    return {r["step"]: r for r in earlier["rows"]}
+    measures = [f"{m}_w{w:g}" for w in fresh["scales"] for m in ("accuracy", "outside")]
+    return {r["step"]: r for r in earlier["rows"] if all(m in r for m in measures)}
 
 
 def plot_time_to_quality(result: dict, path) -> Path:
