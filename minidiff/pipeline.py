@@ -33,6 +33,7 @@ EDIT_SWEEP = {
     "P2P attention 1.0": {"attention": 1.0},
     **{f"P2P + features {f:g} (28x28)": {"attention": 1.0, "features": f, "levels": (2,)} for f in (0.3, 0.4, 0.5)},
     **{f"P2P + features {f:g} (7x7)": {"attention": 1.0, "features": f, "levels": (0,)} for f in (0.3, 0.4, 0.5)},
+    **{f"features {f:g} (14x14)": {"features": f, "levels": (1,)} for f in (0.2, 0.3)},
 }
 
 

@@ -91,3 +91,13 @@ def test_style_ratio():
     assert metrics.style_ratio(far, src, far, spread) == 1.0  # no closer than the references
     half = np.stack([_bar(left=8, width=4), _bar(left=16, shear=0.0)])
     assert 0.0 < metrics.style_ratio(half, src, far, spread) < 1.0
+    by_attribute = metrics.style_ratio_by_attribute(half, src, far)
+    assert list(by_attribute) == list(metrics.ATTRIBUTES)
+    # centroid columns 13, 13 (sources), 6.5, 21 (references), 9.5, 17 (half): 7.5 / 14.5;
+    # the second half bar is upright, halfway between slants +0.31 and -0.31
+    assert by_attribute["centroid_col"] == pytest.approx(7.5 / 14.5) and by_attribute["slant"] == pytest.approx(0.5)
+    t = metrics.handwriting_attributes(np.concatenate([src, far, half]))[:, 3]  # thickness
+    assert by_attribute["thickness"] == pytest.approx(
+        (abs(t[4] - t[0]) + abs(t[5] - t[1])) / (abs(t[2] - t[0]) + abs(t[3] - t[1])))
+    # every bar has rows 4..23: the references differ from the sources in neither, so no ratio
+    assert np.isnan(by_attribute["centroid_row"]) and np.isnan(by_attribute["height"])

@@ -3,7 +3,8 @@
 - `inversion_experiment`: the inversion methods side by side (inversion.METHODS) at several
   guidance scales: reconstruction PSNR (mean, min), seconds per image, and the edits of each
   under one controller, judged by the eval classifier (target accuracy) and by the style ratio
-  (metrics.style_ratio: does the edit keep *this* digit's handwriting?).
+  (metrics.style_ratio: does the edit keep *this* digit's handwriting? and
+  metrics.style_ratio_by_attribute: which parts of it?).
 - `editing_experiment`: one inversion method, the controllers side by side: the label switch,
   Prompt-to-Prompt self-attention control and feature injection, with a sweep of fractions.
 
@@ -50,6 +51,7 @@ def _edit_scores(setup: Setup, x0, out: dict, targets, references, spread) -> di
     edits = out["edits"]
     return {"edit_accuracy": metrics.accuracy(evaluation.predict(setup.judge, edits)[0], targets),
             "style_ratio": metrics.style_ratio(edits, x0, references, spread),
+            "style_ratio_by_attribute": metrics.style_ratio_by_attribute(edits, x0, references),
             "edit_psnr_to_source": float(metrics.psnr(x0, edits).mean())}
 
 
