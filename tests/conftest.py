@@ -1,6 +1,6 @@
 """Shared test settings: float32 everywhere, CPU only; and the two tiers.
 
-`python -m pytest tests` runs the fast tier (about 5 minutes on 2 CPU cores). Tests marked
+`python -m pytest tests` runs the fast tier (about 4 minutes on 2 CPU cores). Tests marked
 `@pytest.mark.slow` (executing notebooks and assignments, large-sample statistics, kill -9 and
 resume, hundreds of training steps, the command line end to end) run only with `--slow`;
 `--slow -m slow` runs the slow tier alone.

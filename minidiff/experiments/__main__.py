@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reconstruction", "DDIM Table 2 analogue: encode-decode MSE of held-out images vs steps")
     p.add_argument("--num", type=int, default=64, help="held-out images")
     p.add_argument("--steps", type=ints, default=(10, 20, 50, 100, 1000))
+    p.add_argument("--fixed-point-iterations", type=ints, default=(0,),
+                   help="comma-separated; one set of rows for each (0: plain DDIM inversion), e.g. 0,5")
     p = add("guidance", "CFG sweep and classifier-guidance sweep: accuracy, classifier FID, diversity")
     p.add_argument("--per-label", type=int, default=30)
     p.add_argument("--cfg-scales", type=floats, default=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0))
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
             experiments.sampler_table(setup, out, per_label=args.per_label, steps=args.steps, etas=args.etas,
                                       guidance=args.guidance, seeds=args.seeds, sigma_hat=not args.no_sigma_hat)
         elif args.experiment == "reconstruction":
-            experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps)
+            experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps,
+                                             fixed_point_iterations=args.fixed_point_iterations)
         elif args.experiment == "guidance":
             noisy, _ = models.load_model(
                 args.classifier or models.CHECKPOINT_DIR / f"{setup.dataset}_classifier_noisy.npz", kind="classifier")
