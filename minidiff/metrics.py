@@ -162,19 +162,14 @@ def style_distance(a: np.ndarray, b: np.ndarray, spread: np.ndarray) -> np.ndarr
     return np.mean(np.abs(np.asarray(a) - np.asarray(b)) / np.asarray(spread), axis=1)
 
 
-def _attribute_distances(edits, sources, references, spread) -> tuple[np.ndarray, np.ndarray]:
-    """|attributes - source attributes| / spread of the edits and of the references, (N, 5) each."""
-    src = handwriting_attributes(sources)
-    return tuple(np.abs(handwriting_attributes(x) - src) / np.asarray(spread) for x in (edits, references))
-
-
 def style_ratio(edits: np.ndarray, sources: np.ndarray, references: np.ndarray, spread: np.ndarray) -> float:
     """How much of the source's handwriting an edit keeps: mean style_distance(edit, source)
     over mean style_distance(reference, source), where the references are random samples of
     each edit's target class. 1.0: no more than an unrelated digit of that class; 0: all.
     Arguments are images (N, H, W, C) in [-1, 1], spread as in style_distance."""
-    near, far = _attribute_distances(edits, sources, references, spread)
-    return float(near.mean() / far.mean())
+    src = handwriting_attributes(sources)
+    near = style_distance(handwriting_attributes(edits), src, spread).mean()
+    return float(near / style_distance(handwriting_attributes(references), src, spread).mean())
 
 
 def style_ratio_by_attribute(edits: np.ndarray, sources: np.ndarray, references: np.ndarray) -> dict[str, float]:
@@ -183,5 +178,6 @@ def style_ratio_by_attribute(edits: np.ndarray, sources: np.ndarray, references:
     scaled to a 20-pixel box, centroid and height vary little and mostly with the class, so
     slant and thickness are where an edit can keep a writer's hand. NaN for an attribute on
     which the references do not differ from the sources."""
-    near, far = (d.mean(0) for d in _attribute_distances(edits, sources, references, np.ones(len(ATTRIBUTES))))
+    src = handwriting_attributes(sources)
+    near, far = (np.abs(handwriting_attributes(x) - src).mean(0) for x in (edits, references))  # (5,) each
     return {name: float(n / f) if f > 0 else float("nan") for name, n, f in zip(ATTRIBUTES, near, far)}
