@@ -24,19 +24,18 @@ def reconstruction_table(setup: Setup, out_dir, num: int = 64, steps=(10, 20, 50
     eps_fn = pipeline.guided_eps_fn(setup.model, setup.schedule, 1.0)
     x0, y = jnp.asarray(setup.heldout[:num]), jnp.asarray(setup.heldout_labels[:num], jnp.int32)
     result = {"experiment": "reconstruction", "num_images": int(len(x0)), "rows": []}
+    curves = {}
     for k in fixed_point_iterations:
+        rows = []
         for S in steps:
             start = time.perf_counter()
             ts = samplers.make_timesteps(setup.schedule.num_timesteps, S)
             x_T = samplers.ddim_invert(eps_fn, setup.schedule, x0, ts, y=y, fixed_point_iterations=k)
             rec = np.asarray(samplers.ddim_sample(eps_fn, setup.schedule, x_T, ts, y=y))
-            row = {"steps": S, "fixed_point_iterations": k, "mse": float(metrics.mse(x0, rec).mean()),
-                   "psnr": float(metrics.psnr(x0, rec).mean()), "seconds": round(time.perf_counter() - start, 1)}
-            result["rows"].append(row)
-            log_row(row)
-    curves = {}
-    for k in fixed_point_iterations:
-        rows = [r for r in result["rows"] if r["fixed_point_iterations"] == k]
+            rows.append({"steps": S, "fixed_point_iterations": k, "mse": float(metrics.mse(x0, rec).mean()),
+                         "psnr": float(metrics.psnr(x0, rec).mean()), "seconds": round(time.perf_counter() - start, 1)})
+            log_row(rows[-1])
+        result["rows"] += rows
         name = "plain DDIM inversion" if k == 0 else f"fixed-point inversion, {k} iterations"
         curves[name] = ([r["steps"] for r in rows], [r["mse"] for r in rows])
     plotting.save_panels(out_dir / "reconstruction.png", {"reconstruction MSE per pixel": curves},
