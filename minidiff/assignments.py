@@ -1,7 +1,8 @@
 """Lecture assignments: student versions from solution notebooks, and an autograder.
 
-Solution notebooks (notebooks/assignments/solutions/) follow the nbgrader conventions, so an
-instructor can use nbgrader itself or just this module:
+Solution notebooks (notebooks/assignments/solutions/ID/ID.ipynb, nbgrader's source layout; the
+course configuration is notebooks/assignments/nbgrader_config.py) follow the nbgrader
+conventions, so an instructor can use nbgrader itself or just this module:
 
 - in answer cells, code between `### BEGIN SOLUTION` and `### END SOLUTION` is the reference
   answer; the student version replaces it with `# YOUR CODE HERE` and a NotImplementedError;
@@ -61,9 +62,14 @@ def make_student(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def solution_paths(solutions_dir=SOLUTIONS_DIR) -> list[Path]:
+    """Every solution notebook, in nbgrader's layout solutions_dir/ASSIGNMENT/NOTEBOOK.ipynb."""
+    return sorted(Path(solutions_dir).glob("*/*.ipynb"))
+
+
 def generate(solutions_dir=SOLUTIONS_DIR, out_dir=STUDENT_DIR) -> list[Path]:
     """Write the student version of every solution notebook; returns the paths written."""
-    paths = sorted(Path(solutions_dir).glob("*.ipynb"))
+    paths = solution_paths(solutions_dir)
     if not paths:
         raise FileNotFoundError(f"no solution notebooks in {solutions_dir}")
     out_dir = Path(out_dir)
@@ -104,7 +110,7 @@ def grade(submission_path, solution_path=None, timeout: int = 600, cwd=None) -> 
     from nbclient import NotebookClient
 
     submission_path = Path(submission_path)
-    solution_path = Path(solution_path or SOLUTIONS_DIR / submission_path.name)
+    solution_path = Path(solution_path or SOLUTIONS_DIR / submission_path.stem / submission_path.name)
     if not solution_path.exists():
         raise FileNotFoundError(f"no solution notebook {solution_path} for {submission_path.name}")
     nb, order = _with_solution_tests(nbformat.read(submission_path, as_version=4),
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
     g.add_argument("--out", type=Path, default=STUDENT_DIR)
     r = sub.add_parser("grade", help="autograde a submitted notebook against its solution's tests")
     r.add_argument("submission", type=Path)
-    r.add_argument("--solution", type=Path, default=None, help="default: solutions/<same file name>")
+    r.add_argument("--solution", type=Path, default=None, help="default: solutions/<name>/<same file name>")
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":

@@ -1,6 +1,12 @@
 """Every notebook runs top to bottom in fast mode, and the assignments' autograder works: the
 reference solutions pass their tests (hidden ones included) and the student versions fail them
-with messages a student can act on."""
+with messages a student can act on; and nbgrader itself, run on the shipped course, agrees."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -9,7 +15,7 @@ from minidiff import assignments
 from tests.helpers import REPO, data_dir
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-SOLUTIONS = sorted(assignments.SOLUTIONS_DIR.glob("*.ipynb"))
+SOLUTIONS = assignments.solution_paths()
 
 
 @pytest.fixture(autouse=True)
@@ -66,9 +72,48 @@ def test_student_source_removes_answers_and_hidden_tests():
 def test_solution_passes_and_student_version_fails(solution, tmp_path):
     passed = assignments.grade(solution, solution, cwd=REPO / "notebooks")
     assert passed and all(r.error is None for r in passed), assignments.report(passed)
-    student = assignments.generate(solution.parent, tmp_path)
+    student = assignments.generate(assignments.SOLUTIONS_DIR, tmp_path)
     mine = next(p for p in student if p.name == solution.name)
     failed = assignments.grade(mine, solution, cwd=REPO / "notebooks")
     assert [r.grade_id for r in failed] == [r.grade_id for r in passed]
     assert all(r.error is not None and r.points == 0 for r in failed), assignments.report(failed)
     assert all("NotImplementedError" in r.error or "not defined" in r.error for r in failed)
+
+
+NBGRADER_OUTPUTS = ("release", "submitted", "autograded", "feedback", "gradebook.db", ".nbgrader.log")
+
+
+def _nbgrader(course, *args):
+    """Run the real nbgrader command line in a course directory, with its own configuration."""
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its alembic
+    done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stderr  # nbgrader logs there
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.stem)
+def test_nbgrader_gives_the_solution_full_marks_and_the_release_zero(solution, tmp_path):
+    """nbgrader's own pipeline with the shipped course configuration (nbgrader_config.py) and its
+    default settings, the 30 s per-cell timeout included: generate_assignment, then autograde
+    the untouched release and the solution; the scores are read from its gradebook."""
+    pytest.importorskip("nbgrader")
+    from nbgrader.api import Gradebook
+
+    course = tmp_path / "course"
+    shutil.copytree(assignments.ASSIGNMENTS_DIR, course, ignore=shutil.ignore_patterns(*NBGRADER_OUTPUTS))
+    assignment = solution.parent.name
+    _nbgrader(course, "generate_assignment", assignment)
+    for student, notebook in (("untouched", course / "release" / assignment / solution.name), ("solution", solution)):
+        (course / "submitted" / student / assignment).mkdir(parents=True)
+        shutil.copy(notebook, course / "submitted" / student / assignment / solution.name)
+    log = _nbgrader(course, "autograde", assignment, "--create")
+    assert "Timeout" not in log, f"a cell ran past nbgrader's timeout:\n{log[-3000:]}"
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        scores = {student: (gradebook.find_submission(assignment, student).score,
+                            gradebook.find_submission(assignment, student).max_score)
+                  for student in ("untouched", "solution")}
+    print(f"nbgrader autograde {assignment}: " + ", ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in scores.items()))
+    score, most = scores["solution"]
+    assert most > 0 and score == most, f"the solution scored {score:g}/{most:g}"
+    assert scores["untouched"][0] == 0, f"the untouched release scored {scores['untouched'][0]:g}"
