@@ -5,7 +5,8 @@
     nbgrader autograde 01_forward_process_and_loss             # submitted/STUDENT/ID/ -> autograded/
 
 The solutions are nbgrader's source notebooks (solutions/ID/ID.ipynb); nbgrader writes
-release/, submitted/, autograded/, feedback/ and gradebook.db here (all git-ignored).
+release/, submitted/, autograded/, feedback/, gradebook.db and grades.csv here (all
+git-ignored).
 student/ holds the same release made by `python -m minidiff.assignments generate`.
 Every cell of the solutions runs in under 20 s on 2 CPU cores (the slowest, 16 s, is in
 assignment 3), so nbgrader's default 30 s per cell is kept; on a slower or shared grading
