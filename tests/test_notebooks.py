@@ -72,16 +72,13 @@ def test_student_source_removes_answers_and_hidden_tests():
 def test_solution_passes_and_student_version_fails(solution, tmp_path):
     passed = assignments.grade(solution, solution, cwd=REPO / "notebooks")
     assert passed and all(r.error is None for r in passed), assignments.report(passed)
-    student = assignments.generate(assignments.SOLUTIONS_DIR, tmp_path)
-    mine = next(p for p in student if p.name == solution.name)
+    mine = tmp_path / solution.name
+    nbformat.write(assignments.make_student(nbformat.read(solution, as_version=4)), mine)
     failed = assignments.grade(mine, solution, cwd=REPO / "notebooks")
     assert [r.grade_id for r in failed] == [r.grade_id for r in passed]
     assert all(r.error is not None and r.points == 0 for r in failed), assignments.report(failed)
     actionable = ("NotImplementedError", "not defined", "did not finish")  # the stub, an unset answer, a cell it needs
     assert all(any(m in r.error for m in actionable) for r in failed), assignments.report(failed)
-
-
-NBGRADER_OUTPUTS = ("release", "submitted", "autograded", "feedback", "gradebook.db", ".nbgrader.log")
 
 
 def _nbgrader(course, *args):
@@ -102,7 +99,8 @@ def test_nbgrader_gives_the_solution_full_marks_and_the_release_zero(solution, t
     from nbgrader.api import Gradebook
 
     course = tmp_path / "course"
-    shutil.copytree(assignments.ASSIGNMENTS_DIR, course, ignore=shutil.ignore_patterns(*NBGRADER_OUTPUTS))
+    shutil.copytree(assignments.SOLUTIONS_DIR, course / "solutions")  # what nbgrader reads: the sources
+    shutil.copy(assignments.ASSIGNMENTS_DIR / "nbgrader_config.py", course)  # and the course configuration
     assignment = solution.parent.name
     _nbgrader(course, "generate_assignment", assignment)
     for student, notebook in (("untouched", course / "release" / assignment / solution.name), ("solution", solution)):
@@ -111,9 +109,8 @@ def test_nbgrader_gives_the_solution_full_marks_and_the_release_zero(solution, t
     log = _nbgrader(course, "autograde", assignment, "--create")
     assert "Timeout" not in log, f"a cell ran past nbgrader's timeout:\n{log[-3000:]}"
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        scores = {student: (gradebook.find_submission(assignment, student).score,
-                            gradebook.find_submission(assignment, student).max_score)
-                  for student in ("untouched", "solution")}
+        submissions = {student: gradebook.find_submission(assignment, student) for student in ("untouched", "solution")}
+        scores = {student: (sub.score, sub.max_score) for student, sub in submissions.items()}
     print(f"nbgrader autograde {assignment}: " + ", ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in scores.items()))
     score, most = scores["solution"]
     assert most > 0 and score == most, f"the solution scored {score:g}/{most:g}"
