@@ -93,7 +93,7 @@ def run_bench(config: UNetConfig | None = None, forward_batch: int = 256, sample
     graphdef, state = train.init_state(config, cfg)
     x_train, _, y_train = inputs(train_batch)
     step = lambda state: train.train_step(state, x_train, y_train, key, s, graphdef=graphdef,
-                                          cfg=cfg, null_class=config.num_classes)[0]
+                                          cfg=cfg, unet_cfg=config)[0]
     a = jax.random.normal(key, (matmul_size, matmul_size), jnp.float32)
     matmul = jax.jit(jnp.matmul)
 

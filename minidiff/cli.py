@@ -21,7 +21,8 @@ from minidiff.files import atomic_write, check_output_path, json_ready, write_js
 TRAIN_FLAGS = {"steps": arguments.positive_int, "batch_size": arguments.positive_int,
                "lr": arguments.positive_float, "warmup_steps": arguments.nonnegative_int,
                "weight_decay": arguments.nonnegative_float, "grad_clip": arguments.positive_float,
-               "ema_decay": arguments.below_one, "p_uncond": arguments.probability, "seed": arguments.seed,
+               "ema_decay": arguments.below_one, "p_uncond": arguments.probability,
+               "p_drop_word": arguments.probability, "seed": arguments.seed,
                "log_every": arguments.positive_int, "ckpt_every": arguments.positive_int,
                "sample_every": arguments.nonnegative_int, "snapshot_every": arguments.nonnegative_int}
 
@@ -59,6 +60,10 @@ def add_train_parser(sub) -> None:
                    f"(default {defaults.lr_schedule})")
     p.add_argument("--schedule", choices=schedules.SCHEDULES, default=defaults.schedule,
                    help="noise schedule (default %(default)s)")
+    p.add_argument("--conditioning", choices=("label", "text"), default="label",
+                   help="label: a class-conditional U-Net; text: a caption model (MNIST only), whose "
+                        "prompts ('bold right-leaning seven') are computed from each digit's handwriting "
+                        "and read through cross-attention (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -68,7 +73,12 @@ def run_train(args) -> None:
 
     fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     cfg = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.conditioning == "text" and args.dataset != "mnist":
+        raise ValueError(f"--conditioning text needs --dataset mnist (its captions describe handwritten "
+                         f"digits), got {args.dataset}")
     unet_cfg = UNetConfig.cifar() if args.dataset == "cifar10" else UNetConfig.mnist()
+    if args.conditioning == "text":
+        unet_cfg = UNetConfig.mnist_text()
     if args.channels:
         unet_cfg = dataclasses.replace(unet_cfg, channels=args.channels)
     if args.prediction:

@@ -7,7 +7,8 @@ signature is accepted; the library wraps it in `jax.tree_util.Partial` so that t
 it closes over (network weights, guidance scales) reach jitted loops as arguments.
 
 Shapes: x_t (B, H, W, C) float32 (or (B, D) for vector data), t (B,) int32 timestep indices
-0..T-1, y (B,) int32 labels (the null class included), emb (B, D) float32 class embeddings.
+0..T-1, y (B,) int32 labels (the null class included) or, for a caption model, (B, L) int32
+prompt tokens; emb (B, D) float32 class embeddings or a caption model's (B, L, D) encoded prompts.
 Notation: docs/notation.md.
 """
 

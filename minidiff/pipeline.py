@@ -17,9 +17,10 @@ import numpy as np
 from flax import nnx
 from jax.tree_util import Partial
 
-from minidiff import diffusion, editing, guidance, inversion, samplers, schedules
+from minidiff import captions, diffusion, editing, guidance, inversion, samplers, schedules
 from minidiff.classifier import Classifier
 from minidiff.contracts import ControlledEmbEpsFn, EmbEpsFn, EpsFn, LogProbFn
+from minidiff.text_layers import CrossControl
 from minidiff.unet import Control, UNet
 
 SAMPLERS = ("ddim", "ddpm")
@@ -50,9 +51,10 @@ def as_eps(model: UNet, s: schedules.Schedule | None, x_t, t, out):
 def _apply_controlled(graphdef):
     """The U-Net on class embeddings under attention control (contracts.ControlledEmbEpsFn)."""
 
-    def apply(params, s, x_t, t, emb, source, attention, features):
+    def apply(params, s, x_t, t, emb, source, attention, features, cross=None):
         model = nnx.merge(graphdef, params)
-        out = model(x_t, t, class_emb=emb, control=Control(source, attention, features))
+        cross = None if cross is None else CrossControl(*cross)
+        out = model.embedded(x_t, t, emb, control=Control(source, attention, features, cross))
         return as_eps(model, s, x_t, jnp.broadcast_to(t, (x_t.shape[0],)), out)
 
     return apply
@@ -74,7 +76,7 @@ def _apply(graphdef, with_embedding: bool = False):
 
     def apply(params, s, x_t, t, c):
         model = nnx.merge(graphdef, params)
-        out = model(x_t, t, class_emb=c) if with_embedding else model(x_t, t, c)
+        out = model.embedded(x_t, t, c) if with_embedding else model(x_t, t, c)
         return as_eps(model, s, x_t, jnp.broadcast_to(t, (x_t.shape[0],)), out)
 
     return apply
@@ -93,6 +95,44 @@ def unet_eps_fn(model: UNet, s: schedules.Schedule | None = None) -> EpsFn:
     _check_schedule(model, s)
     graphdef, params = nnx.split(model)
     return Partial(_apply(graphdef), params, s)
+
+
+def null_condition(model: UNet) -> np.ndarray:
+    """What the model reads as "no condition": the null class (a label model), or the empty
+    prompt's tokens (L,) (a caption model); classifier-free guidance's unconditional half."""
+    if model.config.conditioning == "text":
+        return captions.null_tokens(model.config.text_length)
+    return np.int32(model.null_class)
+
+
+def conditions(model: UNet, y) -> jax.Array:
+    """What to condition on, checked against the model: labels (N,) in 0..num_classes for a label
+    model; for a caption model token ids (N, L), or labels (N,), which become the digit words
+    alone ("seven"; the null class num_classes becomes the empty prompt)."""
+    y, cfg = np.asarray(y), model.config
+    if cfg.conditioning == "text" and y.ndim == 2:
+        if y.shape[1] != cfg.text_length or y.min(initial=0) < 0 or y.max(initial=0) >= cfg.vocab_size:
+            raise ValueError(f"prompt tokens must be (N, {cfg.text_length}) ids in 0..{cfg.vocab_size - 1} "
+                             f"(captions.tokenize), got shape {y.shape}")
+        return jnp.asarray(y, jnp.int32)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or np.any((y < 0) | (y > cfg.num_classes)):
+        raise ValueError(f"labels must be a 1-D array of ints in 0..{cfg.num_classes} "
+                         f"({cfg.num_classes} = unconditional)")
+    if cfg.conditioning == "text":
+        words = list(captions.DIGIT_WORDS[:cfg.num_classes]) + [""]
+        return jnp.asarray(captions.tokenize_all([words[i] for i in y], cfg.text_length))
+    return jnp.asarray(y, jnp.int32)
+
+
+def embeddings(model: UNet, y) -> jax.Array:
+    """The conditioning embeddings of y (as `conditions` takes it): class-table rows (N, D), or
+    the text encoder's contexts (N, L, D); what null-class / null-text inversion starts from."""
+    return model.embed(conditions(model, y))
+
+
+def null_embedding(model: UNet) -> jax.Array:
+    """The embedding of null_condition: the null class's row (D,), or the empty prompt's context (L, D)."""
+    return model.embed(jnp.asarray(null_condition(model))[None])[0]
 
 
 def unet_embedding_fns(model: UNet, s: schedules.Schedule | None = None) -> tuple[EmbEpsFn, jax.Array]:
@@ -143,11 +183,11 @@ def guided_eps_fn(model: UNet, s: schedules.Schedule, guidance_scale: float, *,
             raise ValueError("classifier guidance needs a noised (time-conditioned) classifier; "
                              "this one was trained on clean images only")
         guide = guidance.classifier_guidance_ddpm if sampler == "ddpm" else guidance.classifier_guidance
-        return guide(guidance.unconditional(eps_fn, model.null_class), classifier_log_prob_fn(classifier),
+        return guide(guidance.unconditional(eps_fn, null_condition(model)), classifier_log_prob_fn(classifier),
                      s, guidance_scale)
     if guidance_scale == 1.0:
         return eps_fn
-    return guidance.classifier_free(eps_fn, guidance_scale, model.null_class)
+    return guidance.classifier_free(eps_fn, guidance_scale, null_condition(model))
 
 
 def generate(
@@ -165,11 +205,8 @@ def generate(
     clipped (a model's samples can leave [-1, 1]; the CLI clips before it writes an image); a
     non-finite result raises ValueError (check_finite).
     """
-    labels = jnp.asarray(labels, jnp.int32)
+    labels = conditions(model, labels)
     cfg = model.config
-    if labels.ndim != 1 or bool(jnp.any((labels < 0) | (labels > cfg.num_classes))):
-        raise ValueError(f"labels must be a 1-D array of ints in 0..{cfg.num_classes} "
-                         f"({cfg.num_classes} = unconditional)")
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     eps_fn = guided_eps_fn(model, s, guidance_scale, classifier=classifier, sampler=sampler)

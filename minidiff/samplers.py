@@ -292,8 +292,9 @@ def _prepare(eps_fn, s: Schedule, x, timesteps, y):
     ts = check_timesteps(timesteps, s.num_timesteps)
     if y is not None:
         y = jnp.asarray(y)
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"y must have shape (B,) = ({x.shape[0]},), got {y.shape}")
+        if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have shape (B,) = ({x.shape[0]},) (labels) or (B, L) (prompt tokens), "
+                             f"got {y.shape}")
     return as_partial(eps_fn), ts, y
 
 

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from minidiff import checkpoint, data, diffusion, models, pipeline, plotting, schedules
+from minidiff import captions, checkpoint, data, diffusion, models, pipeline, plotting, schedules
 from minidiff.files import RunLock, atomic_write, remove_temporaries
 from minidiff.unet import UNetConfig, count_params
 
@@ -54,7 +54,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip
     ema_decay: float = 0.999  # EMA decay (ramped up as min(decay, (1+k)/(10+k)))
-    p_uncond: float = 0.1  # probability that a label is replaced by the null class
+    p_uncond: float = 0.1  # probability that a label is replaced by the null class (a caption by "")
+    p_drop_word: float = 0.3  # caption models: probability that each style word is dropped on its own
     schedule: str = "linear"  # noise schedule name
     T: int = 1000  # diffusion steps
     seed: int = 0  # model init, data order and noise
@@ -79,8 +80,9 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.schedule not in schedules.SCHEDULES:
             raise ValueError(f"schedule must be one of {schedules.SCHEDULES}, got {self.schedule!r}")
-        if not 0.0 <= self.p_uncond <= 1.0:
-            raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
+        for name in ("p_uncond", "p_drop_word"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -127,27 +129,41 @@ def init_state(unet_cfg: UNetConfig, cfg: TrainConfig):
     return graphdef, state
 
 
+def condition(key, y, cfg: TrainConfig, unet_cfg: UNetConfig, dropout: bool = True) -> jax.Array:
+    """What the network is conditioned on for a batch's y, with training's dropout: labels (B,),
+    each replaced by the null class with probability p_uncond; or, for a caption model, y the
+    caption word slots (B, captions.SLOTS) turned into tokens (B, L) by captions.drop_words."""
+    if unet_cfg.conditioning == "text":
+        return captions.drop_words(key, y, cfg.p_drop_word, cfg.p_uncond) if dropout else captions.pack(y)
+    if not dropout:
+        return y
+    return jnp.where(jax.random.uniform(key, y.shape) < cfg.p_uncond, unet_cfg.num_classes, y)  # (B,)
+
+
 def _loss(params, x0, y, key, s, graphdef):
-    """The DDPM loss of the network with these weights on one batch (labels already dropped):
-    L_simple for an eps-prediction U-Net, the v loss for a v-prediction one (diffusion.ddpm_loss)."""
+    """The DDPM loss of the network with these weights on one batch (labels already dropped, or
+    a caption model's tokens): L_simple for an eps-prediction U-Net, the v loss for a
+    v-prediction one (diffusion.ddpm_loss)."""
     model = nnx.merge(graphdef, params)
     eps_fn = lambda x_t, t, labels: pipeline.as_eps(model, s, x_t, t, model(x_t, t, labels))
     return diffusion.ddpm_loss(eps_fn, s, x0, y, key, weighting=model.config.prediction)
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def weights_losses(state, x0, y, key, s: schedules.Schedule, *, graphdef):
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "unet_cfg"))
+def weights_losses(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: TrainConfig, unet_cfg: UNetConfig):
     """(loss of state["params"], loss of state["ema"]) on a batch, without label dropout: the
     check that the weights about to be checkpointed are usable (an update can make them huge
     while the loss computed before it was still finite)."""
+    y = condition(key, y, cfg, unet_cfg, dropout=False)
     return _loss(state["params"], x0, y, key, s, graphdef), _loss(state["ema"], x0, y, key, s, graphdef)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "null_class"), donate_argnums=(0,))
-def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: TrainConfig, null_class: int):
-    """One optimiser step on a batch x0 (B, H, W, C), labels y (B,). Returns (state, loss)."""
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "unet_cfg"), donate_argnums=(0,))
+def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: TrainConfig, unet_cfg: UNetConfig):
+    """One optimiser step on a batch x0 (B, H, W, C) with labels y (B,), or a caption model's
+    word slots y (B, captions.SLOTS). Returns (state, loss)."""
     key_drop, key_loss = jax.random.split(key)
-    y = jnp.where(jax.random.uniform(key_drop, y.shape) < cfg.p_uncond, null_class, y)  # (B,)
+    y = condition(key_drop, y, cfg, unet_cfg)  # (B,) labels or (B, L) tokens
 
     loss, grads = jax.value_and_grad(_loss)(state["params"], x0, y, key_loss, s, graphdef)
     updates, opt_state = make_optimizer(cfg).update(grads, state["opt_state"], state["params"])
@@ -173,7 +189,11 @@ class Trainer:
             raise ValueError(f"images of shape {images.shape[1:]} do not fit the U-Net config "
                              f"({unet_cfg.image_size}x{unet_cfg.image_size}x{unet_cfg.in_channels})")
         self.images = data.to_model_range(images) if images.dtype == np.uint8 else np.asarray(images, np.float32)
-        self.labels = np.asarray(labels, np.int32)
+        self.labels = np.asarray(labels, np.int32)  # (N,); a caption model's word slots (N, SLOTS)
+        self.terciles = None  # a caption model's style-word cut points (captions.fit_terciles)
+        if unet_cfg.conditioning == "text":
+            self.terciles = captions.fit_terciles(self.images, self.labels, unet_cfg.num_classes)
+            self.labels = captions.caption_words(self.images, self.labels, self.terciles)
         self.schedule = schedules.make_schedule(cfg.schedule, cfg.T)
         mesh = data_mesh()
         if cfg.batch_size % mesh.size:
@@ -194,8 +214,9 @@ class Trainer:
         return int(self.state["step"])
 
     def _metadata(self) -> dict:
-        return {"train": dataclasses.asdict(self.cfg), "unet": dataclasses.asdict(self.unet_cfg),
+        meta = {"train": dataclasses.asdict(self.cfg), "unet": dataclasses.asdict(self.unet_cfg),
                 "step": self.step, "elapsed": self.elapsed, "device": device_description()}
+        return meta if self.terciles is None else dict(meta, captions=self.terciles)
 
     def save(self) -> None:
         """Full state to ckpt.npz and the EMA weights to model.npz, each atomically."""
@@ -282,7 +303,7 @@ class Trainer:
             y = jax.device_put(self.labels[idx], self.batch_sharding)  # (B,)
             key = jax.random.fold_in(base_key, step)
             self.state, loss = train_step(self.state, x0, y, key, self.schedule,
-                                          graphdef=self.graphdef, cfg=cfg, null_class=self.unet_cfg.num_classes)
+                                          graphdef=self.graphdef, cfg=cfg, unet_cfg=self.unet_cfg)
             pending.append(loss)
             done = step + 1  # the log's step numbers: updates done so far
             save_ckpt = done % cfg.ckpt_every == 0 or done == cfg.steps
@@ -296,7 +317,7 @@ class Trainer:
                 raise self._diverged(f"the loss became {losses[first]} at step {done - len(losses) + first + 1}")
             if save_ckpt or snapshot:  # the losses above were computed before their updates
                 after = [float(v) for v in weights_losses(self.state, x0, y, key, self.schedule,
-                                                          graphdef=self.graphdef)]
+                                                          graphdef=self.graphdef, cfg=cfg, unet_cfg=self.unet_cfg)]
                 if not all(np.isfinite(after)):
                     raise self._diverged(f"the weights after step {done} give loss {after[0]} "
                                          f"(EMA weights: {after[1]})")
