@@ -139,3 +139,54 @@ def drop_words(key: jax.Array, slots: jax.Array, p_word: float, p_uncond: float)
     drop = (jax.random.uniform(key_word, slots.shape) < p_word) & is_style[None, :]
     drop = drop | (jax.random.uniform(key_all, (slots.shape[0], 1)) < p_uncond)  # (B, SLOTS)
     return pack(jnp.where(drop, PAD_ID, slots))
+
+
+def align(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which source token each target token's cross-attention map comes from, for Prompt-to-
+    Prompt: (token_map (L,) int32, token_weight (L,) float32) for token ids source, target (L,).
+
+    Prompts with the same number of words are a word swap (P2P's replace): every token takes
+    the map at its own position. Otherwise (refine: words added or removed) the words are
+    aligned by their longest common subsequence, as P2P aligns the shared tokens: a shared word
+    takes its source word's map, an added word keeps its own (weight 0); <start> and the pads
+    take the source's <start> and pads, in order."""
+    source, target = np.asarray(source), np.asarray(target)
+    L = len(target)
+    src_words = [i for i in range(L) if source[i] not in (PAD_ID, START_ID)]
+    dst_words = [j for j in range(L) if target[j] not in (PAD_ID, START_ID)]
+    token_map, weight = np.arange(L, dtype=np.int32), np.ones(L, np.float32)
+    if len(src_words) == len(dst_words):
+        return token_map, weight
+    # LCS table over the word sequences, then walk it back to pair the shared words.
+    a, b = source[src_words], target[dst_words]
+    lcs = np.zeros((len(a) + 1, len(b) + 1), np.int32)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            lcs[i + 1, j + 1] = lcs[i, j] + 1 if a[i] == b[j] else max(lcs[i, j + 1], lcs[i + 1, j])
+    i, j = len(a), len(b)
+    weight[dst_words] = 0.0
+    while i and j:
+        if a[i - 1] == b[j - 1]:
+            token_map[dst_words[j - 1]], weight[dst_words[j - 1]] = src_words[i - 1], 1.0
+            i, j = i - 1, j - 1
+        elif lcs[i - 1, j] >= lcs[i, j - 1]:
+            i -= 1
+        else:
+            j -= 1
+    src_pads = [i for i in range(L) if source[i] == PAD_ID]
+    for k, j in enumerate(j for j in range(L) if target[j] == PAD_ID):
+        token_map[j] = src_pads[min(k, len(src_pads) - 1)] if src_pads else 0
+    token_map[target == START_ID] = 0
+    return token_map, weight
+
+
+def reweight_scale(target: np.ndarray, factors: dict[str, float]) -> np.ndarray:
+    """P2P's equalizer: (L,) float32, factors[word] at that word's tokens in target, 1 elsewhere.
+    A word of `factors` missing from the prompt is refused (the edit would not change)."""
+    target = np.asarray(target)
+    scale = np.ones(len(target), np.float32)
+    for word, factor in factors.items():
+        if word not in TOKEN or not np.any(target == TOKEN[word]):
+            raise ValueError(f"cannot reweight {word!r}: it is not a word of the prompt {detokenize(target)!r}")
+        scale[target == TOKEN[word]] = factor
+    return scale

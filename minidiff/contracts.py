@@ -43,12 +43,14 @@ class EmbEpsFn(Protocol):
 
 
 class ControlledEmbEpsFn(Protocol):
-    """eps_theta(x_t, t, emb, source, attention, features) -> eps (B, H, W, C): an EmbEpsFn
+    """eps_theta(x_t, t, emb, source, attention, features, cross) -> eps (B, H, W, C): an EmbEpsFn
     whose forward pass is under attention control (Prompt-to-Prompt, Hertz et al. 2022;
     Plug-and-Play, Tumanyan et al. 2023). Row b takes row source[b]'s self-attention weights
     as far as attention[b] (B,) says, and its decoder features at level l as far as
-    features[l, b] (levels, B) says; a row whose source is itself is left alone. Made from the
-    U-Net by minidiff.pipeline.unet_controlled_fn; used by minidiff/editing.py."""
+    features[l, b] (levels, B) says; a row whose source is itself is left alone. cross is None,
+    or for a caption model the arrays (on (B,), token_map (B, L), token_weight (B, L),
+    token_scale (B, L)) of text_layers.CrossControl, which control its cross-attention maps.
+    Made from the U-Net by minidiff.pipeline.unet_controlled_fn; used by minidiff/editing.py."""
 
     def __call__(self, x_t: jax.Array, t: jax.Array, emb: jax.Array, source: jax.Array,
-                 attention: jax.Array, features: jax.Array) -> jax.Array: ...
+                 attention: jax.Array, features: jax.Array, cross: tuple | None = None) -> jax.Array: ...

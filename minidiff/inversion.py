@@ -30,9 +30,13 @@ Null-class inversion is the class-label analogue of null-text inversion (Mokady 
     3. Guided DDIM from z*_T with the per-step embeddings e_t reconstructs x_0 almost exactly,
        and since the label still enters through eps_y, changing it edits the image.
 
+On a caption model the same code is null-text inversion itself: the embedding optimised is the
+empty prompt's encoded token sequence (L, D) per step, as Mokady et al. optimise the CLIP
+embedding of "", and the condition is the source caption's encoding (B, L, D).
+
 The networks here are called through `emb_eps_fn(x_t, t, emb)` (contracts.EmbEpsFn), which
-takes a class-embedding vector (B, D) instead of a label; `minidiff.pipeline.unet_embedding_fns`
-makes one from the U-Net. Notation: docs/notation.md.
+takes a class-embedding vector (B, D), or an encoded prompt (B, L, D), instead of a label;
+`minidiff.pipeline.unet_embedding_fns` makes one from the U-Net. Notation: docs/notation.md.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ class Inversion:
 
     method: str
     x_T: jax.Array  # (B, H, W, C): where reconstruction and edits start
-    null_embeddings: jax.Array  # (n, B, D): the embedding each sampling step uses as "null"
+    null_embeddings: jax.Array  # (n, B, D) or (n, B, L, D): the embedding each sampling step uses as "null"
     pivot: jax.Array | None = None  # (n + 1, B, H, W, C): the w = 1 inversion trajectory, x_0 first
     losses: jax.Array | None = None  # (n, B): null-class inversion's per-step MSE to the pivot
     inner_steps: jax.Array | None = None  # (n, B): its optimiser steps at each step
@@ -113,7 +117,8 @@ def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, 
 
             def update(u, opt_state):
                 updates, opt_state = optimizer.update(pullback(jnp.ones(()))[0], opt_state)
-                return jnp.where(done[:, None], u, u + updates), opt_state  # converged examples stay put
+                frozen = done.reshape((-1,) + (1,) * (u.ndim - 1))  # (B, 1, ...)
+                return jnp.where(frozen, u, u + updates), opt_state  # converged examples stay put
 
             u, opt_state = jax.lax.cond(jnp.all(done), lambda u, o: (u, o), update, u, opt_state)
             return k + 1, u, opt_state, done, used + (~done).astype(jnp.int32), z_prev
@@ -138,12 +143,13 @@ def _optimise(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, 
 def _optimise_in_groups(emb_eps_fn, s, pivot, ts, ts_prev, cond_emb, null_init, scale, w, lr, inner_steps, group):
     """_optimise on groups of `group` images, one group after another (lax.map), so that each
     group's inner loop stops when its own images have converged, not the slowest of the batch."""
-    n, (B, D) = ts.shape[0], cond_emb.shape
+    n, B = ts.shape[0], cond_emb.shape[0]
     G = B // group
     by_group = lambda a: a.reshape(a.shape[0], G, group, *a.shape[2:]).swapaxes(0, 1)  # (G, m, group, ...)
+    rows_by_group = lambda a: a.reshape(G, group, *a.shape[1:])  # (G, group, ...)
     embs, losses, used = jax.lax.map(
         lambda args: _optimise(emb_eps_fn, s, args[0], ts, ts_prev, args[1], args[2], scale, w, lr, inner_steps),
-        (by_group(pivot), cond_emb.reshape(G, group, D), null_init.reshape(G, group, D)))
+        (by_group(pivot), rows_by_group(cond_emb), rows_by_group(null_init)))
     merge = lambda a: a.swapaxes(0, 1).reshape(n, B, *a.shape[3:])  # (n, B, ...)
     return merge(embs), merge(losses), merge(used)
 
@@ -233,7 +239,7 @@ def _pivot(emb_eps_fn, s, x0, ts, cond_emb, null_emb):
 
 def _check(x0, cond_emb, timesteps, s):
     x0, cond_emb = jnp.asarray(x0), jnp.asarray(cond_emb)
-    if cond_emb.ndim != 2 or cond_emb.shape[0] != x0.shape[0]:
+    if cond_emb.ndim < 2 or cond_emb.shape[0] != x0.shape[0]:
         raise ValueError(f"cond_emb must have one row per image ({x0.shape[0]}), got {cond_emb.shape}")
     return x0, cond_emb, check_timesteps(timesteps, s.num_timesteps)
 
@@ -278,7 +284,9 @@ def direct_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb,
 def invert(method: str, emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_emb, null_emb, w: float,
            fixed_point_iterations: int = 5, **null_options) -> Inversion:
     """Invert images x0 (B, H, W, C) with label embeddings cond_emb (B, D) by one of METHODS,
-    for editing at guidance w. null_emb (D,) is the learned null row; null_options go to
+    for editing at guidance w. null_emb (D,) is the learned null row; for a caption model
+    cond_emb (B, L, D) and null_emb (L, D) are the encoded source captions and the encoded empty
+    prompt, and "null" is null-text inversion. null_options go to
     null_class_inversion (inner_steps, lr)."""
     if method == "ddim":
         return ddim_inversion(emb_eps_fn, s, x0, timesteps, cond_emb, null_emb, w)

@@ -137,10 +137,13 @@ def null_embedding(model: UNet) -> jax.Array:
 
 def unet_embedding_fns(model: UNet, s: schedules.Schedule | None = None) -> tuple[EmbEpsFn, jax.Array]:
     """(emb_eps_fn(x_t, t, emb), class table (num_classes + 1, D)) for null-class inversion:
-    the U-Net called with class-embedding vectors instead of labels (s as in unet_eps_fn)."""
+    the U-Net called with class-embedding vectors instead of labels (s as in unet_eps_fn). A
+    caption model has no table (None): its emb_eps_fn takes encoded prompts (B, L, D), made by
+    `embeddings` and `null_embedding`."""
     _check_schedule(model, s)
     graphdef, params = nnx.split(model)
-    return Partial(_apply(graphdef, True), params, s), model.class_table.embedding[...]
+    table = None if model.class_table is None else model.class_table.embedding[...]
+    return Partial(_apply(graphdef, True), params, s), table
 
 
 def _log_prob(graphdef, params, x_t, t, y):
@@ -237,34 +240,54 @@ def feature_levels(model: UNet, *levels: int) -> tuple[float, ...]:
     return tuple(1.0 if l in levels else 0.0 for l in range(count))
 
 
-def controller_for(model: UNet, attention: float = 0.0, features: float = 0.0, levels=(), source_label: float = 0.0):
-    """An editing.Controller sized to this U-Net's decoder (levels as in feature_levels)."""
-    return editing.Controller(attention, features, feature_levels(model, *levels), source_label)
+def controller_for(model: UNet, attention: float = 0.0, features: float = 0.0, levels=(), source_label: float = 0.0,
+                   cross: float = 0.0):
+    """An editing.Controller sized to this U-Net's decoder (levels as in feature_levels); cross,
+    the steps with the source's cross-attention maps, needs a caption model."""
+    if cross > 0 and model.config.conditioning != "text":
+        raise ValueError("cross-attention control needs a caption model (this U-Net is label-conditioned)")
+    return editing.Controller(attention, features, feature_levels(model, *levels), source_label, cross)
+
+
+def token_control(source_tokens, target_tokens, reweight: dict[str, float] | None = None) -> editing.TokenControl:
+    """Prompt-to-Prompt's per-token control of edits from prompts source_tokens to target_tokens
+    (B, L): captions.align's map and weights (word swap or refine), and reweight's factors
+    {word: factor} on the target prompts' words (captions.reweight_scale)."""
+    pairs = [captions.align(a, b) for a, b in zip(np.asarray(source_tokens), np.asarray(target_tokens))]
+    scale = [captions.reweight_scale(b, reweight or {}) for b in np.asarray(target_tokens)]
+    return editing.TokenControl(jnp.asarray(np.stack([p[0] for p in pairs])),
+                                jnp.asarray(np.stack([p[1] for p in pairs])), jnp.asarray(np.stack(scale)))
 
 
 def invert_and_edit(model: UNet, s: schedules.Schedule, x0, labels, *, method: str = "null",
                     guidance_scale: float = 7.5, steps: int = 50, targets=None,
                     controller: editing.Controller | None = None, inner_steps: int = inversion.INNER_STEPS,
-                    lr: float = inversion.LR, fixed_point_iterations: int = 5) -> dict:
+                    lr: float = inversion.LR, fixed_point_iterations: int = 5,
+                    reweight: dict[str, float] | None = None) -> dict:
     """Invert real images x0 (B, H, W, C) with their labels by one of inversion.METHODS and
     reconstruct them; with targets (B,) also edit them to those labels, the edit branch
-    controlled by `controller` (editing.Controller; None: no control). inner_steps and lr go
-    to null-class inversion, fixed_point_iterations to fixed-point inversion. Returns numpy
-    arrays: reconstructions, edits when targets are given, and for "null" the inner optimiser
-    steps used (n, B)."""
+    controlled by `controller` (editing.Controller; None: no control). On a caption model labels
+    and targets are prompts' tokens (B, L) (or labels, read as the digit words alone), "null"
+    is null-text inversion, and the edit's cross-attention follows token_control (with
+    `reweight`, {word: factor}). inner_steps and lr go to null-class inversion,
+    fixed_point_iterations to fixed-point inversion. Returns numpy arrays: reconstructions, edits
+    when targets are given, and for "null" the inner optimiser steps used (n, B)."""
     if method not in inversion.METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {inversion.METHODS}")
-    labels = jnp.asarray(labels, jnp.int32)
     ts = samplers.make_timesteps(s.num_timesteps, steps)
-    emb_fn, table = unet_embedding_fns(model, s)
-    inv = inversion.invert(method, emb_fn, s, x0, ts, table[labels], table[model.null_class], guidance_scale,
+    emb_fn = unet_embedding_fns(model, s)[0]
+    source = conditions(model, labels)
+    source_emb = model.embed(source)
+    inv = inversion.invert(method, emb_fn, s, x0, ts, source_emb, null_embedding(model), guidance_scale,
                            fixed_point_iterations=fixed_point_iterations, inner_steps=inner_steps, lr=lr)
     if targets is None:  # reconstruction only: the source branch alone
-        rec = inversion.reconstruct(emb_fn, s, inv, ts, guidance_scale, table[labels])
+        rec = inversion.reconstruct(emb_fn, s, inv, ts, guidance_scale, source_emb)
     else:
+        target = conditions(model, targets)
         controller = controller_for(model) if controller is None else controller
-        rec, edits = editing.edit(unet_controlled_fn(model, s), s, inv, ts, guidance_scale, table[labels],
-                                  table[jnp.asarray(targets, jnp.int32)], controller)
+        tokens = token_control(source, target, reweight) if model.config.conditioning == "text" else None
+        rec, edits = editing.edit(unet_controlled_fn(model, s), s, inv, ts, guidance_scale, source_emb,
+                                  model.embed(target), controller, tokens)
     out = {"reconstructions": rec} | ({} if targets is None else {"edits": edits})
     if inv.inner_steps is not None:
         out["inner_steps"] = inv.inner_steps

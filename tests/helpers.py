@@ -29,3 +29,9 @@ def data_dir() -> Path | None:
         if candidate and Path(candidate, "mnist").is_dir():
             return Path(candidate)
     return None
+
+
+# The tiny U-Net conditioned on prompts: cross-attention at 14x14 (level 1) and the middle.
+TINY_TEXT_UNET = UNetConfig(image_size=28, in_channels=1, channels=(8, 16), num_res_blocks=1, attention=True,
+                            attention_heads=2, emb_dim=32, num_groups=4, conditioning="text", context_dim=16,
+                            cross_attention_levels=(1,))

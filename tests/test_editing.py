@@ -27,7 +27,7 @@ def mixture():
 
 
 def _uncontrolled(fn):
-    return lambda x, t, emb, source, attention, features: fn(x, t, emb)
+    return lambda x, t, emb, source, attention, features, cross=None: fn(x, t, emb)
 
 
 def _reconstruct(method, mixture, w, **kw):
