@@ -88,3 +88,15 @@ def levels(text: str) -> tuple[int, ...]:
     if text.strip().lower() in ("", "none"):
         return ()
     return _int_tuple(text, "levels", "0,2' or 'none", 0)
+
+
+def reweight(text: str) -> tuple[str, float]:
+    """WORD=FACTOR, e.g. bold=2: Prompt-to-Prompt's reweighting of one word's attention."""
+    word, sep, factor = text.partition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if not sep or not word or value is None or not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected WORD=FACTOR with a finite FACTOR >= 0, e.g. bold=2; got {text!r}")
+    return word.lower(), value

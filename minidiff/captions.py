@@ -190,3 +190,14 @@ def reweight_scale(target: np.ndarray, factors: dict[str, float]) -> np.ndarray:
             raise ValueError(f"cannot reweight {word!r}: it is not a word of the prompt {detokenize(target)!r}")
         scale[target == TOKEN[word]] = factor
     return scale
+
+
+def with_digit(tokens: np.ndarray, label: int) -> np.ndarray:
+    """Prompts tokens (N, L) with their digit word changed to `label`'s, every other word kept
+    (the word swap of `edit --to`): "bold seven" with 8 -> "bold eight"."""
+    tokens = np.array(tokens)
+    digits = np.isin(tokens, [TOKEN[w] for w in DIGIT_WORDS])
+    if not digits.any(axis=1).all():
+        raise ValueError("every prompt must name a digit to change it")
+    tokens[digits] = TOKEN[DIGIT_WORDS[label]]
+    return tokens

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff import arguments, data
+from minidiff import arguments, captions, data
 from minidiff.files import atomic_write, check_output_path, json_ready, write_json
 
 # TrainConfig fields that are flags, with the type that validates each
@@ -101,8 +101,13 @@ def add_sample_parser(sub) -> None:
                        "Without --ckpt, uses the released MNIST model.")
     p.add_argument("--ckpt", type=Path, default=None, help="model file (default: data/checkpoints/mnist.npz)")
     add_sampling_arguments(p)
-    p.add_argument("--labels", type=arguments.labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes)")
-    p.add_argument("--per-label", type=arguments.positive_int, default=10, help="samples per label (one grid row each)")
+    p.add_argument("--labels", type=arguments.labels, default=None, help="e.g. 0..9 or 1,4,7 (default all classes; "
+                   "on a caption model, the digit words alone)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="caption model: a prompt such as 'bold right-leaning seven' (repeat for more rows; "
+                        "replaces --labels)")
+    p.add_argument("--per-label", type=arguments.positive_int, default=10,
+                   help="samples per label or prompt (one grid row each)")
     p.add_argument("--batch-size", type=arguments.positive_int, default=250,
                    help="samples drawn at once (memory; default %(default)s)")
     p.add_argument("--seed", type=arguments.seed, default=0)
@@ -170,7 +175,16 @@ def run_sample(args) -> None:
     model, meta = models.load_model(args.ckpt)
     num_classes = model.config.num_classes
     wanted = list(range(num_classes)) if args.labels is None else args.labels
-    labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
+    if args.prompt is not None:
+        if model.config.conditioning != "text":
+            raise ValueError(f"--prompt needs a caption model; {args.ckpt or models.DEFAULT_CHECKPOINT} is "
+                             "label-conditioned (use --labels)")
+        if args.labels is not None:
+            raise ValueError("give --prompt or --labels, not both")
+        wanted = args.prompt
+        labels = np.repeat(captions.tokenize_all(wanted, model.config.text_length), args.per_label, axis=0)
+    else:
+        labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
     kwargs = sampling_kwargs(args, models.dataset_of(meta))
     s, key, batches = models.schedule_of(meta), jax.random.PRNGKey(args.seed), []
     for i, start in enumerate(range(0, len(labels), args.batch_size)):
@@ -183,7 +197,8 @@ def run_sample(args) -> None:
             np.savez(f, images=images, raw=raw, labels=labels)
     else:
         names = data.CLASS_NAMES.get(models.dataset_of(meta), range(num_classes))
-        plotting.save_grid(args.out, images, args.per_label, row_labels=[names[v] for v in wanted],
+        rows = wanted if args.prompt is not None else [names[v] for v in wanted]
+        plotting.save_grid(args.out, images, args.per_label, row_labels=[f'"{r}"' if args.prompt else r for r in rows],
                            title=sampling_title(args))
     print(f"wrote {len(labels)} samples to {args.out}")
 
@@ -303,24 +318,75 @@ def add_inversion_parser(sub, name: str) -> None:
                    help=f"null-class inversion: Adam step size relative to the null row's RMS (default {inversion.LR})")
     p.add_argument("--fixed-point-iterations", type=arguments.positive_int, default=5,
                    help="fixed_point: iterations per inverse step (default 5)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="caption model: the source prompt of every image (default: each digit's own caption, "
+                        "computed from its handwriting)")
     if editing:
         c = pipeline.DEFAULT_CONTROL
-        p.add_argument("--to", type=int, required=True, help="the new label")
-        p.add_argument("--attention", type=arguments.probability, default=c["attention"],
+        p.add_argument("--to", type=int, default=None,
+                       help="the new label (on a caption model: the digit word of the source prompt swapped)")
+        p.add_argument("--to-prompt", default=None, metavar="TEXT",
+                       help="caption model: the prompt to edit to (a word swap, or words added or removed)")
+        p.add_argument("--reweight", type=arguments.reweight, action="append", default=None, metavar="WORD=FACTOR",
+                       help="caption model: scale one word's cross-attention in the edit, e.g. bold=2 (repeatable)")
+        t = pipeline.TEXT_DEFAULT_CONTROL
+        p.add_argument("--cross", type=arguments.probability, default=None,
+                       help=f"caption model: fraction of the steps on which the edit takes the source's "
+                            f"cross-attention maps (P2P's cross_replace_steps; default {t['cross']})")
+        p.add_argument("--attention", type=arguments.probability, default=None,
                        help=f"fraction of the steps on which the edit takes the source's self-attention "
-                            f"(Prompt-to-Prompt's self_replace_steps; default {c['attention']})")
-        p.add_argument("--features", type=arguments.probability, default=c["features"],
+                            f"(Prompt-to-Prompt's self_replace_steps; default {c['attention']}, "
+                            f"on a caption model {t['attention']})")
+        p.add_argument("--features", type=arguments.probability, default=None,
                        help=f"fraction of the steps on which it takes the source's decoder features "
-                            f"(Plug-and-Play; default {c['features']})")
-        p.add_argument("--feature-levels", type=arguments.levels, default=c["levels"],
+                            f"(Plug-and-Play; default {c['features']}, on a caption model {t['features']})")
+        p.add_argument("--feature-levels", type=arguments.levels, default=None,
                        help="decoder levels whose features are taken, 0 the deepest, e.g. 0,2 "
-                            f"(default {','.join(map(str, c['levels'])) or 'none'})")
-        p.add_argument("--source-label", type=arguments.probability, default=c["source_label"],
-                       help=f"fraction of the steps that keep the source label before it switches "
-                            f"(default {c['source_label']})")
+                            f"(default {','.join(map(str, c['levels'])) or 'none'}, "
+                            f"on a caption model {','.join(map(str, t['levels'])) or 'none'})")
+        p.add_argument("--source-label", type=arguments.probability, default=None,
+                       help=f"fraction of the steps that keep the source label (or prompt) before it switches "
+                            f"(default {c['source_label']}, on a caption model {t['source_label']})")
     p.add_argument("--out", type=Path, default=Path(f"{name}.png"),
                    help=".png: source / reconstruction" + (" / edit" if editing else "") +
                    " rows; .npz: the arrays, labels and per-image PSNR")
+
+
+def _controller(args, model):
+    """The edit's controller: the flags given, the model kind's measured defaults for the rest."""
+    from minidiff import pipeline
+
+    text = model.config.conditioning == "text"
+    control = dict(pipeline.TEXT_DEFAULT_CONTROL if text else pipeline.DEFAULT_CONTROL)
+    for flag, key in (("attention", "attention"), ("features", "features"), ("feature_levels", "levels"),
+                      ("source_label", "source_label"), ("cross", "cross")):
+        if getattr(args, flag) is not None:
+            if flag == "cross" and not text:
+                raise ValueError("--cross needs a caption model (a label model has no cross-attention)")
+            control[key] = getattr(args, flag)
+    return pipeline.controller_for(model, **control)
+
+
+def _prompts(args, model, meta, x0, labels):
+    """(source tokens, target tokens or None) of a caption model's inversion or edit."""
+    from minidiff import models
+
+    length = model.config.text_length
+    if args.prompt is not None:
+        source = np.repeat(captions.tokenize(args.prompt, length)[None], len(labels), axis=0)
+    else:  # each digit's own caption, from the terciles the model was trained with
+        source = np.asarray(captions.pack(captions.caption_words(x0, labels, models.captions_of(meta, args.ckpt))))
+    if args.command != "edit":
+        return source, None
+    if args.to_prompt is not None:
+        if args.to is not None:
+            raise ValueError("give --to or --to-prompt, not both")
+        return source, np.repeat(captions.tokenize(args.to_prompt, length)[None], len(labels), axis=0)
+    if args.to is not None:
+        return source, captions.with_digit(source, check_labels([args.to], model.config.num_classes, "--to")[0])
+    if args.reweight:
+        return source, source  # the same prompt, one word's attention scaled
+    raise ValueError("edit needs --to, --to-prompt or --reweight")
 
 
 def run_inversion(args) -> None:
@@ -329,9 +395,14 @@ def run_inversion(args) -> None:
     check_output_path(args.out, suffixes=(".png", ".npz"), what="--out")
     model, meta = models.load_model(args.ckpt)
     cfg = model.config
-    target = check_labels([args.to], cfg.num_classes, "--to")[0] if args.command == "edit" else None
-    controller = None if target is None else pipeline.controller_for(
-        model, args.attention, args.features, args.feature_levels, args.source_label)
+    text = cfg.conditioning == "text"
+    editing = args.command == "edit"
+    if not text:
+        for flag in ("prompt", "to_prompt", "reweight"):
+            if getattr(args, flag, None) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} needs a caption model; this one is label-conditioned")
+        if editing and args.to is None:
+            raise ValueError("edit needs --to (the new label)")
     if args.image is not None:
         if args.label is None:
             raise ValueError("--image needs --label (the class of the picture)")
@@ -346,20 +417,31 @@ def run_inversion(args) -> None:
     if images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.in_channels):
         raise ValueError(f"images of shape {images.shape[1:]} do not match the checkpoint's "
                          f"{cfg.image_size}x{cfg.image_size}x{cfg.in_channels}")
-    targets = None if target is None else np.full(len(labels), target, np.int32)
     x0 = data.to_model_range(images)
+    if text:
+        source, targets = _prompts(args, model, meta, x0, labels)
+    else:
+        source = labels
+        targets = None if not editing else np.full(len(labels), check_labels([args.to], cfg.num_classes, "--to")[0],
+                                                   np.int32)
+    controller = _controller(args, model) if editing else None
     result = pipeline.invert_and_edit(
-        model, models.schedule_of(meta), x0, labels, method=args.method, guidance_scale=args.guidance,
+        model, models.schedule_of(meta), x0, source, method=args.method, guidance_scale=args.guidance,
         steps=args.steps, targets=targets, controller=controller, inner_steps=args.inner_steps, lr=args.lr,
-        fixed_point_iterations=args.fixed_point_iterations)
+        fixed_point_iterations=args.fixed_point_iterations, reweight=dict(args.reweight or []) if editing else None)
     psnr = metrics.psnr(x0, result["reconstructions"])
     summary = f"{len(labels)} image(s), {args.method} inversion, w={args.guidance}: mean PSNR {psnr.mean():.2f} dB"
     if args.out.suffix == ".npz":
         with atomic_write(args.out) as f:
             np.savez(f, sources=x0, labels=labels, psnr=psnr,
+                     **({"prompts": source} if text else {}),
                      **({"targets": targets} if targets is not None else {}), **result)
     else:
         rows = [x0, result["reconstructions"]] + ([result["edits"]] if targets is not None else [])
+        if text:
+            said = ", ".join(dict.fromkeys(captions.detokenize(p) for p in (targets if targets is not None else source)))
+            if len(said) <= 40:  # a title line that fits the grid
+                summary += "; " + ("edit: " if targets is not None else "prompt: ") + said
         plotting.save_grid(args.out, np.concatenate(rows), len(labels),
                            row_labels=["source", "recon."] + (["edit"] if targets is not None else []),
                            title=summary)

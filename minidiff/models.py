@@ -73,6 +73,16 @@ def schedule_of(meta: dict) -> schedules.Schedule:
     return schedules.make_schedule(train.get("schedule", "linear"), train.get("T", 1000))
 
 
+def captions_of(meta: dict, path=None) -> dict:
+    """A caption model's style-word cut points (captions.fit_terciles, recorded by training), with
+    which the captions of other digits are computed; CheckpointError if the file has none."""
+    cuts = meta.get("captions")
+    if not isinstance(cuts, dict) or set(cuts) != {"thickness", "slant"}:
+        raise checkpoint.CheckpointError(f"{path or 'this model file'}: no caption terciles in its metadata "
+                                         "(not a caption model trained by `minidiff train --conditioning text`)")
+    return cuts
+
+
 def dataset_of(meta: dict) -> str | None:
     """The data set a model file was trained on: metadata["train"]["dataset"] for a U-Net,
     metadata["dataset"] for a classifier; None if the file does not say."""

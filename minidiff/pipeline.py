@@ -27,6 +27,8 @@ SAMPLERS = ("ddim", "ddpm")
 # What `edit` does with no control flags (controller_for's arguments): the label switch after 10%
 # of the steps; docs/results.md, "Editing", has the controllers measured against it.
 DEFAULT_CONTROL = {"attention": 0.0, "features": 0.0, "levels": (), "source_label": 0.1}
+# ... and on a caption model: Prompt-to-Prompt's own controls (docs/results.md, "Prompts").
+TEXT_DEFAULT_CONTROL = {"attention": 0.4, "features": 0.0, "levels": (), "source_label": 0.0, "cross": 0.8}
 # The controllers `python -m minidiff.experiments editing` compares.
 EDIT_SWEEP = {
     "label switch": {"source_label": 0.1},

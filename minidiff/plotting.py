@@ -116,3 +116,37 @@ def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def word_maps_figure(images, maps, words, title: str | None = None):
+    """Prompt-to-Prompt's per-word picture: one row per image, the image (N, H, W, C) in [-1, 1]
+    and then, over it, each word's cross-attention map (maps (N, L, H, W); words[n] lists
+    (token position, word) for row n). One colour scale for every map, with its colour bar."""
+    ncols = 1 + max(len(w) for w in words)
+    vmax = max(float(maps[n, j].max()) for n, ws in enumerate(words) for j, _ in ws)
+    fig, axes = plt.subplots(len(images), ncols, figsize=(1.35 * ncols + 0.6, 1.45 * len(images)), dpi=110,
+                             squeeze=False)
+    shown = None
+    for n, row in enumerate(axes):
+        row[0].imshow(from_model_range(images[n]).squeeze(-1), cmap="gray", vmin=0, vmax=255)
+        row[0].set_title("image", fontsize=7)
+        for k, ax in enumerate(row[1:]):
+            if k < len(words[n]):
+                j, word = words[n][k]
+                shown = ax.imshow(maps[n, j], cmap="inferno", vmin=0.0, vmax=vmax, interpolation="nearest")
+                ax.set_title(word, fontsize=7)
+        for ax in row:
+            ax.set_axis_off()
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight (mean)")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def save_figure(path, fig) -> Path:
+    """Write a matplotlib figure as PNG and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from minidiff import classifier, diffusion, guidance, models, pipeline, schedules
-from tests.helpers import TINY_UNET
+from tests.helpers import REPO, TINY_UNET
 
 S = schedules.linear_schedule(1000)
 LABELS = np.array([0, 3, 9], np.int32)
@@ -70,3 +70,14 @@ def test_a_v_prediction_unet_reaches_the_samplers_as_eps():
         pipeline.unet_eps_fn(m)
     with pytest.raises(ValueError, match="prediction='x0' must be one of"):
         dataclasses.replace(TINY_UNET, prediction="x0")
+
+
+def test_the_released_label_model_loads_and_samples_exactly_as_before_the_caption_model():
+    """tests/data/label_model_samples.npz was drawn by the code of commit db2a65f, before the
+    U-Net learnt text conditioning: the released MNIST model, DDIM-10 at w = 3, key 0."""
+    model, meta = models.load_model()
+    assert model.config.conditioning == "label" and model.text_encoder is None
+    x = pipeline.generate(model, models.schedule_of(meta), [0, 3, 7, 10], jax.random.PRNGKey(0), steps=10,
+                          guidance_scale=3.0)
+    np.testing.assert_allclose(x, np.load(REPO / "tests" / "data" / "label_model_samples.npz")["samples"],
+                               atol=1e-5)
