@@ -192,12 +192,12 @@ def reweight_scale(target: np.ndarray, factors: dict[str, float]) -> np.ndarray:
     return scale
 
 
-def with_digit(tokens: np.ndarray, label: int) -> np.ndarray:
-    """Prompts tokens (N, L) with their digit word changed to `label`'s, every other word kept
-    (the word swap of `edit --to`): "bold seven" with 8 -> "bold eight"."""
+def with_digit(tokens: np.ndarray, labels) -> np.ndarray:
+    """Prompts tokens (N, L) with their digit word changed to labels' (an int, or (N,) ints), every
+    other word kept (the word swap of `edit --to`): "bold seven" with 8 -> "bold eight"."""
     tokens = np.array(tokens)
-    digits = np.isin(tokens, [TOKEN[w] for w in DIGIT_WORDS])
+    digits = np.isin(tokens, [TOKEN[w] for w in DIGIT_WORDS])  # (N, L)
     if not digits.any(axis=1).all():
         raise ValueError("every prompt must name a digit to change it")
-    tokens[digits] = TOKEN[DIGIT_WORDS[label]]
-    return tokens
+    words = np.array([TOKEN[w] for w in DIGIT_WORDS])[np.broadcast_to(labels, tokens.shape[:1])]  # (N,)
+    return np.where(digits, words[:, None], tokens).astype(np.int32)

@@ -156,20 +156,28 @@ def handwriting_attributes(images: np.ndarray, ink: float = 0.0) -> np.ndarray:
     return np.stack([r_bar, c_bar, slant, thickness, height], axis=1)
 
 
-def style_distance(a: np.ndarray, b: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """Mean over attributes of |a - b| / spread, per image (N,): attribute rows (N, 5) of two
-    image sets, spread (5,) the attributes' standard deviations over real held-out digits."""
-    return np.mean(np.abs(np.asarray(a) - np.asarray(b)) / np.asarray(spread), axis=1)
+HAND = ("slant", "thickness")  # the writer's hand: what MNIST's centring and scaling leave free
 
 
-def style_ratio(edits: np.ndarray, sources: np.ndarray, references: np.ndarray, spread: np.ndarray) -> float:
+def style_distance(a: np.ndarray, b: np.ndarray, spread: np.ndarray, attributes=HAND) -> np.ndarray:
+    """Mean over `attributes` of |a - b| / spread, per image (N,): attribute rows (N, 5) of two
+    image sets (handwriting_attributes), spread (5,) the attributes' standard deviations over
+    real held-out digits."""
+    cols = [ATTRIBUTES.index(name) for name in attributes]
+    return np.mean(np.abs(np.asarray(a) - np.asarray(b))[:, cols] / np.asarray(spread)[cols], axis=1)
+
+
+def style_ratio(edits: np.ndarray, sources: np.ndarray, references: np.ndarray, spread: np.ndarray,
+                attributes=HAND) -> float:
     """How much of the source's handwriting an edit keeps: mean style_distance(edit, source)
     over mean style_distance(reference, source), where the references are random samples of
-    each edit's target class. 1.0: no more than an unrelated digit of that class; 0: all.
-    Arguments are images (N, H, W, C) in [-1, 1], spread as in style_distance."""
+    each edit's target class (drawn at the edit's guidance scale). 1.0: no more than an
+    unrelated digit of that class; 0: all. By default over slant and thickness (HAND; see
+    style_ratio_by_attribute for why). Arguments are images (N, H, W, C) in [-1, 1], spread
+    as in style_distance."""
     src = handwriting_attributes(sources)
-    near = style_distance(handwriting_attributes(edits), src, spread).mean()
-    return float(near / style_distance(handwriting_attributes(references), src, spread).mean())
+    near = style_distance(handwriting_attributes(edits), src, spread, attributes).mean()
+    return float(near / style_distance(handwriting_attributes(references), src, spread, attributes).mean())
 
 
 def style_ratio_by_attribute(edits: np.ndarray, sources: np.ndarray, references: np.ndarray) -> dict[str, float]:

@@ -94,3 +94,11 @@ def test_alignment_is_a_word_swap_or_the_shared_words():
     np.testing.assert_array_equal(captions.reweight_scale(tok("bold seven"), {"bold": 2.0}), [1, 2, 1, 1])
     with pytest.raises(ValueError, match="reweight 'thin': it is not a word of the prompt 'bold seven'"):
         captions.reweight_scale(tok("bold seven"), {"thin": 2.0})
+
+
+def test_the_digit_word_swap_keeps_the_other_words():
+    tokens = captions.tokenize_all(["bold right-leaning seven", "two"])
+    assert [captions.detokenize(t) for t in captions.with_digit(tokens, 8)] == ["bold right-leaning eight", "eight"]
+    assert [captions.detokenize(t) for t in captions.with_digit(tokens, [0, 3])] == ["bold right-leaning zero", "three"]
+    with pytest.raises(ValueError, match="must name a digit"):
+        captions.with_digit(captions.tokenize_all(["bold"]), 1)

@@ -101,3 +101,9 @@ def test_style_ratio():
         (abs(t[4] - t[0]) + abs(t[5] - t[1])) / (abs(t[2] - t[0]) + abs(t[3] - t[1])))
     # every bar has rows 4..23: the references differ from the sources in neither, so no ratio
     assert np.isnan(by_attribute["centroid_row"]) and np.isnan(by_attribute["height"])
+    # The style ratio is over slant and thickness by default: with a unit spread, the mean of the
+    # two attributes' distances, edits over references.
+    a = metrics.handwriting_attributes(np.concatenate([src, far, half]))[:, [2, 3]]  # slant, thickness
+    near, far_d = np.abs(a[4:] - a[:2]).mean(), np.abs(a[2:4] - a[:2]).mean()
+    assert metrics.style_ratio(half, src, far, spread) == pytest.approx(near / far_d)
+    assert metrics.style_ratio(half, src, far, spread, attributes=metrics.ATTRIBUTES) != pytest.approx(near / far_d)

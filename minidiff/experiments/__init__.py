@@ -5,6 +5,8 @@
     python -m minidiff.experiments guidance            # CFG and classifier guidance sweeps
     python -m minidiff.experiments inversion           # the inversion methods side by side, edits
     python -m minidiff.experiments editing             # the edit controllers side by side (P2P)
+    python -m minidiff.experiments prompt-following --ckpt data/checkpoints/mnist_text.npz   # words obeyed?
+    python -m minidiff.experiments word-swap --ckpt data/checkpoints/mnist_text.npz          # P2P's edits
     python -m minidiff.experiments time-to-quality --run runs/mnist   # accuracy vs training time
     python -m minidiff.experiments diagnosis           # eps loss per t; x0_pred along trajectories
 
@@ -14,9 +16,10 @@ evaluation.Setup (evaluation.load_setup: the model, its schedule, the judge, hel
 
 from minidiff.experiments.diagnosis import diagnosis
 from minidiff.experiments.inversion import editing_experiment, inversion_experiment
+from minidiff.experiments.prompts import prompt_following, word_swap
 from minidiff.experiments.reconstruction import reconstruction_table
 from minidiff.experiments.sampling import guidance_sweep, plot_guidance, sampler_table
 from minidiff.experiments.time_to_quality import time_to_quality
 
-__all__ = ["diagnosis", "editing_experiment", "guidance_sweep", "inversion_experiment", "plot_guidance",
-           "reconstruction_table", "sampler_table", "time_to_quality"]
+__all__ = ["diagnosis", "editing_experiment", "guidance_sweep", "inversion_experiment", "plot_guidance", "prompt_following",
+           "reconstruction_table", "sampler_table", "time_to_quality", "word_swap"]

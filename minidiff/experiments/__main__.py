@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minidiff import evaluation, experiments, models, pipeline
+from minidiff import checkpoint, evaluation, experiments, models, pipeline
 from minidiff.experiments.common import RESULTS_DIR
 
 
@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=floats, default=(3.0, 7.5))
     p.add_argument("--method", default="null", help="inversion method (default null)")
     p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--controllers", type=lambda t: tuple(t.split(";")), default=None,
+                   help="semicolon-separated names of pipeline.EDIT_SWEEP to run (default all)")
+    p = add("prompt-following", "caption model: digit accuracy and style words in their terciles, per prompt")
+    p.add_argument("--num", type=int, default=500, help="samples, the digits in turn under the nine style combinations")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=50)
+    p = add("word-swap", "caption model: null-text inversion, the digit word swapped under each P2P controller, "
+                         "and the thickness word reweighted")
+    p.add_argument("--num", type=int, default=100, help="held-out images")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--factors", type=floats, default=(0.5, 1.0, 2.0, 4.0), help="reweight factors")
     p = add("time-to-quality", "accuracy of a run's snapshots against its training wall time")
     p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
     p.add_argument("--per-label", type=int, default=10)
@@ -97,8 +110,20 @@ def main(argv=None) -> int:
             experiments.inversion_experiment(setup, out, num=args.num, guidance=args.guidance, steps=args.steps,
                                              methods=args.methods, batch=args.batch)
         elif args.experiment == "editing":
-            experiments.editing_experiment(setup, out, pipeline.EDIT_SWEEP, num=args.num, guidance=args.guidance,
+            unknown = set(args.controllers or ()) - set(pipeline.EDIT_SWEEP)
+            if unknown:
+                raise ValueError(f"unknown controller(s) {sorted(unknown)}; choose from {list(pipeline.EDIT_SWEEP)}")
+            sweep = {k: v for k, v in pipeline.EDIT_SWEEP.items() if args.controllers is None or k in args.controllers}
+            experiments.editing_experiment(setup, out, sweep, num=args.num, guidance=args.guidance,
                                            method=args.method, steps=args.steps, batch=args.batch)
+        elif args.experiment in ("prompt-following", "word-swap"):
+            terciles = models.captions_of(checkpoint.read_metadata(args.ckpt or models.DEFAULT_CHECKPOINT), args.ckpt)
+            if args.experiment == "prompt-following":
+                experiments.prompt_following(setup, terciles, out, num=args.num, guidance=args.guidance,
+                                             steps=args.steps)
+            else:
+                experiments.word_swap(setup, terciles, out, num=args.num, guidance=args.guidance, steps=args.steps,
+                                      batch=args.batch, reweight_factors=args.factors)
         elif args.experiment == "diagnosis":
             experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
                                   name=args.name)
