@@ -26,8 +26,8 @@ def fast_kernel(monkeypatch):
         monkeypatch.setenv("MINIDIFF_DATA_DIR", str(data_dir().resolve()))
 
 
-def test_there_are_five_walkthroughs_and_five_assignments():
-    assert len(NOTEBOOKS) == 5 and len(SOLUTIONS) == 5
+def test_there_are_six_walkthroughs_and_six_assignments():
+    assert len(NOTEBOOKS) == 6 and len(SOLUTIONS) == 6
 
 
 @pytest.mark.slow
