@@ -79,8 +79,9 @@ def run_train(args) -> None:
     unet_cfg = UNetConfig.cifar() if args.dataset == "cifar10" else UNetConfig.mnist()
     if args.conditioning == "text":
         unet_cfg = UNetConfig.mnist_text()
-    if args.channels:
-        unet_cfg = dataclasses.replace(unet_cfg, channels=args.channels)
+    if args.channels:  # a caption model keeps the preset's cross-attention levels that these widths have
+        levels = tuple(l for l in unet_cfg.cross_attention_levels if l < len(args.channels))
+        unet_cfg = dataclasses.replace(unet_cfg, channels=args.channels, cross_attention_levels=levels)
     if args.prediction:
         unet_cfg = dataclasses.replace(unet_cfg, prediction=args.prediction)
     (images, labels), _ = data.load_train_and_heldout(args.dataset, args.data_dir)
@@ -342,7 +343,7 @@ def add_inversion_parser(sub, name: str) -> None:
                             f"(Plug-and-Play; default {c['features']}, on a caption model {t['features']})")
         p.add_argument("--feature-levels", type=arguments.levels, default=None,
                        help="decoder levels whose features are taken, 0 the deepest, e.g. 0,2 "
-                            f"(default {','.join(map(str, c['levels'])) or 'none'}, "
+                            f"(default {','.join(map(str, c['levels'])) or 'none'}: -1 is the full-resolution one; "
                             f"on a caption model {','.join(map(str, t['levels'])) or 'none'})")
         p.add_argument("--source-label", type=arguments.probability, default=None,
                        help=f"fraction of the steps that keep the source label (or prompt) before it switches "

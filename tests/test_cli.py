@@ -225,3 +225,52 @@ def test_divergence_keeps_the_last_good_checkpoint_and_says_which_step(tmp_path)
     assert sample.returncode == 0, sample.stderr  # the kept model samples to finite images
     with np.load(tmp_path / "s.npz") as f:
         assert np.all(np.isfinite(f["images"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_caption_model(tmp_path_factory):
+    """Two training steps of a tiny caption model through the CLI."""
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    run = tmp_path_factory.mktemp("caption_run")
+    out = minidiff("train", "--conditioning", "text", "--data-dir", data_dir(), "--out", run, "--channels", "8,16",
+                   "--steps", 2, "--batch-size", 16, "--sample-every", 0, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    meta = checkpoint.read_metadata(run / "model.npz")
+    assert meta["unet"]["conditioning"] == "text" and set(meta["captions"]) == {"thickness", "slant"}
+    return run / "model.npz"
+
+
+@pytest.mark.slow
+def test_the_caption_model_samples_prompts_and_edits_words(tiny_caption_model, tmp_path):
+    out = minidiff("sample", "--ckpt", tiny_caption_model, "--steps", 2, "--prompt", "bold seven",
+                   "--prompt", "thin right-leaning two", "--per-label", 2, "--out", tmp_path / "p.npz")
+    assert out.returncode == 0, out.stderr
+    saved = np.load(tmp_path / "p.npz")
+    assert saved["images"].shape == (4, 28, 28, 1) and saved["labels"].shape == (4, 4)  # prompt tokens
+    for flags in (["--to", 3], ["--to-prompt", "bold eight", "--reweight", "bold=2"],
+                  ["--prompt", "bold seven", "--reweight", "bold=0.5", "--cross", 1.0]):
+        out = minidiff("edit", "--ckpt", tiny_caption_model, "--data-dir", data_dir(), "--index", "0:2", "--steps", 3,
+                       "--inner-steps", 2, *flags, "--out", tmp_path / "e.npz")
+        assert out.returncode == 0, out.stderr
+        assert np.load(tmp_path / "e.npz")["edits"].shape == (2, 28, 28, 1)
+    out = minidiff("invert", "--ckpt", tiny_caption_model, "--data-dir", data_dir(), "--index", "0:2", "--steps", 3,
+                   "--inner-steps", 2, "--out", tmp_path / "i.png")
+    assert out.returncode == 0 and "null inversion" in out.stdout, out.stderr
+    out = minidiff("edit", "--ckpt", tiny_caption_model, "--data-dir", data_dir(), "--index", "0:2",
+                   "--to-prompt", "bold seventeen", "--out", tmp_path / "e.png")
+    assert out.returncode == 2 and "unknown word(s) 'seventeen'" in out.stderr and "vocabulary is" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--prompt", "bold seven", "--out", "x.png"], "--prompt needs a caption model"),
+    (["edit", "--to-prompt", "seven", "--out", "x.png"], "--to-prompt needs a caption model"),
+    (["edit", "--to", "3", "--cross", "0.5", "--out", "x.png"], "--cross needs a caption model"),
+    (["edit", "--to", "3", "--reweight", "bold", "--out", "x.png"], "expected WORD=FACTOR"),
+    (["train", "--conditioning", "text", "--dataset", "fashion_mnist"], "--conditioning text needs --dataset mnist"),
+])
+def test_caption_flags_on_the_wrong_model_are_refused(args, message, capsys, monkeypatch):
+    if "--to" in args and data_dir() is None:
+        pytest.skip("MNIST files not available")
+    status, err = minidiff_here(capsys, monkeypatch, *args)
+    assert status == 2 and message in err, err
