@@ -8,6 +8,7 @@ from pathlib import Path
 
 from minidiff import checkpoint, evaluation, experiments, models, pipeline
 from minidiff.experiments.common import RESULTS_DIR
+from minidiff.experiments.prompts import TEXT_EDIT_SWEEP
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -16,6 +17,14 @@ def floats(text: str) -> tuple[float, ...]:
 
 def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
+
+
+def chosen(sweep: dict, names) -> dict:
+    """The controllers of sweep named in names (all for None); an unknown name is refused."""
+    unknown = set(names or ()) - set(sweep)
+    if unknown:
+        raise ValueError(f"unknown controller(s) {sorted(unknown)}; choose from {list(sweep)}")
+    return {k: v for k, v in sweep.items() if names is None or k in names}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--factors", type=floats, default=(0.5, 1.0, 2.0, 4.0), help="reweight factors")
+    p.add_argument("--no-reweight", action="store_true", help="only the word swaps")
+    p.add_argument("--controllers", type=lambda t: tuple(t.split(";")), default=None,
+                   help="semicolon-separated names of experiments.prompts.TEXT_EDIT_SWEEP (default all)")
     p = add("time-to-quality", "accuracy of a run's snapshots against its training wall time")
     p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
     p.add_argument("--per-label", type=int, default=10)
@@ -110,11 +122,7 @@ def main(argv=None) -> int:
             experiments.inversion_experiment(setup, out, num=args.num, guidance=args.guidance, steps=args.steps,
                                              methods=args.methods, batch=args.batch)
         elif args.experiment == "editing":
-            unknown = set(args.controllers or ()) - set(pipeline.EDIT_SWEEP)
-            if unknown:
-                raise ValueError(f"unknown controller(s) {sorted(unknown)}; choose from {list(pipeline.EDIT_SWEEP)}")
-            sweep = {k: v for k, v in pipeline.EDIT_SWEEP.items() if args.controllers is None or k in args.controllers}
-            experiments.editing_experiment(setup, out, sweep, num=args.num, guidance=args.guidance,
+            experiments.editing_experiment(setup, out, chosen(pipeline.EDIT_SWEEP, args.controllers), num=args.num, guidance=args.guidance,
                                            method=args.method, steps=args.steps, batch=args.batch)
         elif args.experiment in ("prompt-following", "word-swap"):
             terciles = models.captions_of(checkpoint.read_metadata(args.ckpt or models.DEFAULT_CHECKPOINT), args.ckpt)
@@ -123,7 +131,8 @@ def main(argv=None) -> int:
                                              steps=args.steps)
             else:
                 experiments.word_swap(setup, terciles, out, num=args.num, guidance=args.guidance, steps=args.steps,
-                                      batch=args.batch, reweight_factors=args.factors)
+                                      batch=args.batch, controls=chosen(TEXT_EDIT_SWEEP, args.controllers),
+                                      reweight_factors=() if args.no_reweight else args.factors)
         elif args.experiment == "diagnosis":
             experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
                                   name=args.name)

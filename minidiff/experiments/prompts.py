@@ -23,7 +23,6 @@ import itertools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from minidiff import captions, editing, evaluation, inversion, metrics, pipeline, plotting, samplers
@@ -130,17 +129,22 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
               "rows": [], "reweight": []}
     fn = pipeline.unet_controlled_fn(model, s)
 
-    def run(tgt, controller, reweight=None, rows=slice(None)):
+    def run(tgt, controller, reweight=None, rows=None):
+        """Edits to prompts tgt (num, L), of every digit or only of `rows` (indices)."""
         outs = []
         for inv, b in zip(invs, batches):
-            tokens = pipeline.token_control(source[b], tgt[b])
-            if reweight:  # P2P's equalizer on the rows whose prompt has the word (the others are not kept)
-                (word, factor), = reweight.items()
-                scale = np.where(tgt[b] == captions.TOKEN[word], factor, 1.0).astype(np.float32)
-                tokens = dataclasses.replace(tokens, token_scale=jnp.asarray(scale))
-            outs.append(np.asarray(editing.edit(fn, s, inv, ts, guidance, model.embed(source[b]),
-                                                model.embed(tgt[b]), controller, tokens)[1]))
-        return np.concatenate(outs)[rows]
+            index = np.arange(num)[b] if rows is None else np.intersect1d(np.arange(num)[b], rows)
+            if len(index) == 0:
+                continue
+            if rows is not None:  # the inversion of these rows alone
+                keep = index - b.start
+                inv = dataclasses.replace(inv, x_T=inv.x_T[keep], null_embeddings=inv.null_embeddings[:, keep],
+                                          pivot=inv.pivot[:, keep], losses=inv.losses[:, keep],
+                                          inner_steps=inv.inner_steps[:, keep])
+            tokens = pipeline.token_control(source[index], tgt[index], reweight)
+            outs.append(np.asarray(editing.edit(fn, s, inv, ts, guidance, model.embed(source[index]),
+                                                model.embed(tgt[index]), controller, tokens)[1]))
+        return np.concatenate(outs)
 
     pictures, names = [x0[:10], recs[:10]], ["source", "recon."]
     for name, control in controls.items():
@@ -161,7 +165,7 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
     controller = pipeline.controller_for(model, **reweight_control)
     thickness = captions.style_attributes
     pictures = []
-    for word in captions.THICKNESS_WORDS:
+    for word in captions.THICKNESS_WORDS if len(reweight_factors) else ():
         has = np.flatnonzero(np.any(source == captions.TOKEN[word], axis=1))
         if len(has) == 0:
             continue
