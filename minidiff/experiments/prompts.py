@@ -40,9 +40,8 @@ TEXT_EDIT_SWEEP = {
     "cross-attention 0.8": {"cross": 0.8},
     "self-attention 0.4": {"attention": 0.4},
     "cross 0.8 + self 0.4 (P2P)": {"cross": 0.8, "attention": 0.4},
-    "cross 1.0 + self 0.4": {"cross": 1.0, "attention": 0.4},
-    "cross 0.8 + self 0.8": {"cross": 0.8, "attention": 0.8},
-    "cross 0.8 + self 0.4 + features 0.4 (28x28)": {"cross": 0.8, "attention": 0.4, "features": 0.4, "levels": (2,)},
+    "cross 0.8 + self 0.4 + features 0.2 (28x28)": {"cross": 0.8, "attention": 0.4, "features": 0.2, "levels": (-1,)},
+    "cross 0.8 + self 1.0 + features 0.4 (28x28)": {"cross": 0.8, "attention": 1.0, "features": 0.4, "levels": (-1,)},
 }
 
 
