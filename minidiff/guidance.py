@@ -52,24 +52,24 @@ def _classifier_free_eps(eps_fn, w, null, x_t, t, y):
     return cfg_eps(eps_fn, w, x_t, t, y, jnp.broadcast_to(null, y.shape).astype(y.dtype))
 
 
-def classifier_free(eps_fn: EpsFn, w: float, null) -> EpsFn:
+def classifier_free(eps_fn: EpsFn, w: float, null_class) -> EpsFn:
     """Classifier-free guidance (Ho & Salimans 2021): eps_null + w (eps_y - eps_null).
 
-    eps_fn must understand `null` as "no condition": the label null_class (the U-Net's extra
-    class row, trained by label dropout), or for a caption model the empty prompt's tokens (L,),
-    broadcast to every row of y (B, L). The guidance direction eps_y - eps_null is, up to the
+    eps_fn must understand null_class as "no condition": the U-Net's extra class row (trained by
+    label dropout), or for a caption model the empty prompt's tokens (L,), broadcast to every
+    row of y (B, L). The guidance direction eps_y - eps_null is, up to the
     factor -sqrt(1 - alpha_bar_t), the gradient of the implicit classifier log p(y | x_t).
     """
-    return Partial(_classifier_free_eps, as_partial(eps_fn), jnp.float32(w), jnp.asarray(null, jnp.int32))
+    return Partial(_classifier_free_eps, as_partial(eps_fn), jnp.float32(w), jnp.asarray(null_class, jnp.int32))
 
 
 def _unconditional_eps(eps_fn, null, x_t, t, y):
     return eps_fn(x_t, t, jnp.broadcast_to(null, (x_t.shape[0],) + null.shape))
 
 
-def unconditional(eps_fn: EpsFn, null) -> EpsFn:
+def unconditional(eps_fn: EpsFn, null_class) -> EpsFn:
     """eps_fn that ignores its y and always asks eps_fn for the null class (or null prompt)."""
-    return Partial(_unconditional_eps, as_partial(eps_fn), jnp.asarray(null, jnp.int32))
+    return Partial(_unconditional_eps, as_partial(eps_fn), jnp.asarray(null_class, jnp.int32))
 
 
 def _log_prob_grad(log_prob_fn, x_t, t, y):
