@@ -118,3 +118,17 @@ def test_sampling_takes_prompts_or_digit_labels(tiny):
     with pytest.raises(ValueError, match="cross-attention control needs a caption model"):
         from tests.helpers import TINY_UNET
         pipeline.controller_for(randomised_unet(TINY_UNET), cross=0.5)
+
+
+def test_word_maps_are_each_tokens_share_of_the_attention(tiny):
+    model, x0, tokens = tiny
+    from minidiff import word_maps
+
+    maps = word_maps.of_images(model, S, x0, tokens, steps=3)
+    assert maps.shape == (3, 4, 28, 28)
+    np.testing.assert_allclose(maps.sum(axis=1), 1.0, rtol=1e-5)  # a softmax over the tokens, averaged
+    samples, sampled = word_maps.of_samples(model, S, tokens[:2], jax.random.PRNGKey(0), steps=3)
+    assert samples.shape == (2, 28, 28, 1) and sampled.shape == (2, 4, 28, 28)
+    with pytest.raises(ValueError, match="need a caption model"):
+        from tests.helpers import TINY_UNET
+        word_maps.cross_attention_maps(randomised_unet(TINY_UNET), np.zeros((1, 1, 28, 28, 1)), [5], [1])
