@@ -72,6 +72,12 @@ def detokenize(ids) -> str:
     return " ".join(VOCABULARY[i] for i in np.asarray(ids).tolist() if i not in (PAD_ID, START_ID))
 
 
+def word_positions(tokens) -> list[list[tuple[int, str]]]:
+    """Each prompt's (token position, word) pairs, <start> and the pads left out: (N, L) -> N lists."""
+    return [[(j, VOCABULARY[i]) for j, i in enumerate(row) if i not in (PAD_ID, START_ID)]
+            for row in np.asarray(tokens).tolist()]
+
+
 def null_tokens(length: int = TEXT_LENGTH) -> np.ndarray:
     """The empty prompt "" as tokens (length,): the null prompt of classifier-free guidance."""
     return tokenize("", length)

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from minidiff import captions, editing, evaluation, inversion, metrics, pipeline, plotting, samplers
+from minidiff import captions, editing, evaluation, inversion, metrics, pipeline, plotting, samplers, word_maps
 from minidiff.evaluation import Setup
 from minidiff.experiments.common import log_row, save_json
 
@@ -88,7 +88,24 @@ def prompt_following(setup: Setup, terciles: dict, out_dir, num: int = 500, guid
         plotting.save_grid(out_dir / "prompt_following.png", np.clip(images[np.concatenate(rows)], -1, 1), 10,
                            row_labels=[c or "(none)" for c in STYLE_COMBINATIONS], col_labels=captions.DIGIT_WORDS,
                            title=f"prompt following: DDIM-{steps}, w = {guidance:g}")
+    save_word_maps(setup, terciles, out_dir, steps=steps, guidance=guidance)
     return result
+
+
+def save_word_maps(setup: Setup, terciles: dict, out_dir, num: int = 4, steps: int = 50, guidance: float = 3.0):
+    """Prompt-to-Prompt's per-word picture for the first num held-out digits under their own
+    captions (word_maps_real.png) and for samples of num prompts (word_maps_samples.png)."""
+    x0, labels = setup.heldout[:num], setup.heldout_labels[:num]
+    tokens = np.asarray(captions.pack(captions.caption_words(x0, labels, terciles)))
+    maps = word_maps.of_images(setup.model, setup.schedule, x0, tokens, steps=steps)
+    plotting.save_figure(out_dir / "word_maps_real.png", plotting.word_maps_figure(
+        x0, maps, captions.word_positions(tokens), f"held-out digits under their own captions, along their DDIM inversion ({steps} steps)"))
+    prompts = captions.tokenize_all(["bold right-leaning seven", "thin left-leaning seven", "bold two",
+                                     "thin right-leaning four"][:num])
+    samples, maps = word_maps.of_samples(setup.model, setup.schedule, prompts, jax.random.PRNGKey(0), steps=steps,
+                                         guidance_scale=guidance)
+    plotting.save_figure(out_dir / "word_maps_samples.png", plotting.word_maps_figure(
+        np.clip(samples, -1, 1), maps, captions.word_positions(prompts), f"samples, along their own trajectory (w = {guidance:g})"))
 
 
 def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: float = 7.5, steps: int = 50,
