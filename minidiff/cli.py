@@ -333,11 +333,13 @@ def add_inversion_parser(sub, name: str) -> None:
         t = pipeline.TEXT_DEFAULT_CONTROL
         p.add_argument("--cross", type=arguments.probability, default=None,
                        help=f"caption model: fraction of the steps on which the edit takes the source's "
-                            f"cross-attention maps (P2P's cross_replace_steps; default {t['cross']})")
+                            f"cross-attention maps (P2P's cross_replace_steps; default {t['cross']}, "
+                            f"with --reweight {pipeline.REWEIGHT_CONTROL['cross']})")
         p.add_argument("--attention", type=arguments.probability, default=None,
                        help=f"fraction of the steps on which the edit takes the source's self-attention "
                             f"(Prompt-to-Prompt's self_replace_steps; default {c['attention']}, "
-                            f"on a caption model {t['attention']})")
+                            f"on a caption model {t['attention']}, with --reweight "
+                            f"{pipeline.REWEIGHT_CONTROL['attention']})")
         p.add_argument("--features", type=arguments.probability, default=None,
                        help=f"fraction of the steps on which it takes the source's decoder features "
                             f"(Plug-and-Play; default {c['features']}, on a caption model {t['features']})")
@@ -358,7 +360,8 @@ def _controller(args, model):
     from minidiff import pipeline
 
     text = model.config.conditioning == "text"
-    control = dict(pipeline.TEXT_DEFAULT_CONTROL if text else pipeline.DEFAULT_CONTROL)
+    defaults = pipeline.REWEIGHT_CONTROL if text and args.reweight else pipeline.TEXT_DEFAULT_CONTROL
+    control = dict(defaults if text else pipeline.DEFAULT_CONTROL)
     for flag, key in (("attention", "attention"), ("features", "features"), ("feature_levels", "levels"),
                       ("source_label", "source_label"), ("cross", "cross")):
         if getattr(args, flag) is not None:

@@ -29,8 +29,12 @@ SAMPLERS = ("ddim", "ddpm")
 # full-resolution decoder features (level -1) for the first 40%; docs/results.md, "Editing", has
 # it against the label switch.
 DEFAULT_CONTROL = {"attention": 1.0, "features": 0.4, "levels": (-1,), "source_label": 0.0}
-# ... and on a caption model: Prompt-to-Prompt's own controls (docs/results.md, "Prompts").
-TEXT_DEFAULT_CONTROL = {"attention": 0.4, "features": 0.0, "levels": (), "source_label": 0.0, "cross": 0.8}
+# ... and on a caption model. A word swap keeps no more of the writer's hand under Prompt-to-Prompt's
+# controls than without them on 100 held-out digits (docs/results.md, "Prompts for digits"), so its
+# default is no control; reweighting acts through the cross-attention maps, so it uses P2P's
+# cross_replace_steps 0.8 and self_replace_steps 0.4 (the settings it was measured with).
+TEXT_DEFAULT_CONTROL = {"attention": 0.0, "features": 0.0, "levels": (), "source_label": 0.0, "cross": 0.0}
+REWEIGHT_CONTROL = {"attention": 0.4, "features": 0.0, "levels": (), "source_label": 0.0, "cross": 0.8}
 # The controllers `python -m minidiff.experiments editing` compares.
 EDIT_SWEEP = {
     "label switch": {"source_label": 0.1},

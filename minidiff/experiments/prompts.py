@@ -11,7 +11,7 @@ keep the writer's hand?
   and thickness (metrics.style_ratio) against two references: random samples of the target
   digit word alone, and random samples of the full target caption (which already name the
   source's style, so beating them shows what the maps add). Then P2P's reweight: the thickness
-  word of the digits whose caption has one, scaled by each factor.
+  word of the digits whose caption has one, scaled by each factor (pipeline.REWEIGHT_CONTROL).
 
 Both write their JSON after every row, so an interrupted run keeps what it finished.
 """
@@ -177,7 +177,7 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
     plotting.save_grid(out_dir / "word_swap.png", np.clip(np.concatenate(pictures), -1, 1), 10, row_labels=names,
                        title=f"word swap to digit + 1 after null-text inversion, w = {guidance:g}")
 
-    reweight_control = dict(pipeline.TEXT_DEFAULT_CONTROL if reweight_control is None else reweight_control)
+    reweight_control = dict(pipeline.REWEIGHT_CONTROL if reweight_control is None else reweight_control)
     controller = pipeline.controller_for(model, **reweight_control)
     thickness = captions.style_attributes
     pictures = []
