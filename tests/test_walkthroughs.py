@@ -1,4 +1,4 @@
-"""The five walkthrough notebooks share one frame: a header that says what a student will learn,
+"""The six walkthrough notebooks share one frame: a header that says what a student will learn,
 what they need, how long a run takes and which papers are used; and a closing "## Exercises"
 cell that points to the matching assignments. Read with nbformat, never executed: fast."""
 
@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import REPO
 
 NOTEBOOK_DIR = REPO / "notebooks"
-WALKTHROUGHS = sorted(NOTEBOOK_DIR.glob("0[1-5]_*.ipynb"))
+WALKTHROUGHS = sorted(NOTEBOOK_DIR.glob("0[1-6]_*.ipynb"))
 HEADER_PARTS = ("You will learn", "You need", "Run time", "Papers")
 ASSIGNMENT_LINK = re.compile(r"\]\((assignments/student/[^)\s]+\.ipynb)\)")
 NUMBERED_ITEM = re.compile(r"^\d+\.\s", re.MULTILINE)
@@ -20,8 +20,8 @@ def markdown_cells(path):
     return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
 
 
-def test_there_are_five_walkthroughs():
-    assert [p.name[:2] for p in WALKTHROUGHS] == ["01", "02", "03", "04", "05"]
+def test_there_are_six_walkthroughs():
+    assert [p.name[:2] for p in WALKTHROUGHS] == ["01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.stem)
