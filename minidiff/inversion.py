@@ -72,6 +72,14 @@ class Inversion:
     losses: jax.Array | None = None  # (n, B): null-class inversion's per-step MSE to the pivot
     inner_steps: jax.Array | None = None  # (n, B): its optimiser steps at each step
 
+    def take(self, rows) -> "Inversion":
+        """The inversion of the images at `rows` (indices) alone: every per-image field sliced."""
+        rows = jnp.asarray(rows)
+        per_step = lambda a: None if a is None else a[:, rows]  # (n or n + 1, B, ...) fields
+        return dataclasses.replace(self, x_T=self.x_T[rows], null_embeddings=self.null_embeddings[:, rows],
+                                   pivot=per_step(self.pivot), losses=per_step(self.losses),
+                                   inner_steps=per_step(self.inner_steps))
+
     @property
     def pin_source(self) -> bool:
         """Direct inversion: the editing loop puts the source branch back on the pivot."""

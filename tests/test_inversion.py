@@ -124,3 +124,13 @@ def test_images_optimised_one_by_one_equal_the_batch(tiny):
         np.testing.assert_allclose(other.losses, alone.losses, rtol=0.02, atol=1e-7)
     with pytest.raises(ValueError, match="group must be a positive divisor"):
         inversion.null_class_inversion(*args, inner_steps=1, group=3)
+
+
+def test_taking_rows_of_an_inversion_slices_every_per_image_field(tiny):
+    model, emb_fn, table, x0, y = tiny
+    inv = inversion.null_class_inversion(emb_fn, S, x0, TS, table[y], table[model.null_class], W, inner_steps=2)
+    part = inv.take([2, 0])
+    np.testing.assert_array_equal(part.x_T, inv.x_T[jnp.array([2, 0])])
+    for name in ("null_embeddings", "pivot", "losses", "inner_steps"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(inv, name)[:, jnp.array([2, 0])])
+    assert inversion.ddim_inversion(emb_fn, S, x0, TS, table[y], table[model.null_class], W).take([1]).pivot is None

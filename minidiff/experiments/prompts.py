@@ -18,7 +18,6 @@ Both write their JSON after every row, so an interrupted run keeps what it finis
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 
@@ -153,10 +152,7 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
             if len(index) == 0:
                 continue
             if rows is not None:  # the inversion of these rows alone
-                keep = index - b.start
-                inv = dataclasses.replace(inv, x_T=inv.x_T[keep], null_embeddings=inv.null_embeddings[:, keep],
-                                          pivot=inv.pivot[:, keep], losses=inv.losses[:, keep],
-                                          inner_steps=inv.inner_steps[:, keep])
+                inv = inv.take(index - b.start)
             tokens = pipeline.token_control(source[index], tgt[index], reweight)
             outs.append(np.asarray(editing.edit(fn, s, inv, ts, guidance, model.embed(source[index]),
                                                 model.embed(tgt[index]), controller, tokens)[1]))
