@@ -241,7 +241,12 @@ def label_grid(num_classes: int, per_label: int) -> np.ndarray:
 
 def feature_levels(model: UNet, *levels: int) -> tuple[float, ...]:
     """Controller.feature_levels for this U-Net: weight 1 at the given up-path levels (0 the
-    deepest, at the lowest resolution; -1 the last, at full resolution), 0 elsewhere."""
+    deepest, at the lowest resolution; -1 the last, at full resolution), 0 elsewhere.
+
+    The last level's features are the whole output (only norm_out and conv_out follow), so
+    injecting them is not Plug-and-Play's partial injection: the edit follows the reconstruction
+    for those steps, exactly the label switch after that fraction (tests/test_editing.py). On a
+    caption model whose full-resolution blocks read no prompt, the level above it is the same."""
     count = len(model.config.channels)
     if any(not -count <= l < count for l in levels):
         raise ValueError(f"feature levels must lie in 0..{count - 1} (this U-Net has {count}), got {levels}")

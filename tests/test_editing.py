@@ -133,6 +133,23 @@ def test_no_control_is_the_uncontrolled_edit_and_control_changes_it(unet):
     assert float(jnp.abs(attended - edit).max()) > 1e-4
 
 
+def test_features_at_the_last_level_are_the_label_switch(unet):
+    """The last decoder level's features determine the output (only norm_out and conv_out
+    follow), so injecting them for a fraction f of the steps makes the edit follow the
+    reconstruction for those steps: the label switch after f, whatever the level is called."""
+    model, emb_fn, table, y, inv = unet
+    fn, target = pipeline.unet_controlled_fn(model), table[(y + 1) % 10]
+    for attention in (0.0, 1.0):
+        _, injected = editing.edit(fn, S, inv, TS, 3.0, table[y], target, editing.Controller(
+            attention=attention, features=0.4, feature_levels=_levels(model, len(model.config.channels) - 1)))
+        _, switched = editing.edit(fn, S, inv, TS, 3.0, table[y], target, editing.Controller(
+            attention=attention, source_label=0.4, feature_levels=_levels(model)))
+        np.testing.assert_allclose(injected, switched, atol=1e-4)
+    _, deeper = editing.edit(fn, S, inv, TS, 3.0, table[y], target, editing.Controller(
+        features=0.4, feature_levels=_levels(model, 0)))
+    assert float(jnp.abs(deeper - switched).max()) > 1e-3  # a deeper level is not
+
+
 def test_direct_inversion_pins_the_source_branch(unet):
     model, emb_fn, table, y, inv = unet
     x0 = inv.pivot[0]
