@@ -22,9 +22,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from minidiff.files import METADATA_KEY as _META_KEY
 from minidiff.files import atomic_write
 
-_META_KEY = "__metadata__"
 MAX_METADATA_CHARS = 1_000_000  # a JSON config is a few kB; refuse to decompress more
 
 
@@ -45,7 +45,7 @@ def save_checkpoint(path, tree, metadata: dict) -> None:
     """Write tree's arrays and JSON-serialisable metadata to path (.npz), atomically."""
     arrays = {name: np.asarray(leaf) for name, leaf in _named_leaves(tree).items()}
     arrays[_META_KEY] = np.array(json.dumps(metadata, allow_nan=False))  # a unicode array, not an object
-    with atomic_write(path) as f:
+    with atomic_write(path, replaces_models=True) as f:
         np.savez_compressed(f, **arrays)
 
 
@@ -140,6 +140,10 @@ class _open:
         self.path = Path(path)
 
     def __enter__(self):
+        if self.path.is_dir():
+            inside = self.path / "model.npz"  # what a training run directory holds
+            hint = f"; the model file inside it is {inside}" if inside.is_file() else ""
+            raise CheckpointError(f"{self.path} is a directory, not a model file{hint}")
         if not self.path.is_file():
             raise CheckpointError(f"checkpoint not found: {self.path}")
         if not zipfile.is_zipfile(self.path):  # np.load would try to unpickle anything else

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from minidiff import arguments, captions, data
-from minidiff.files import atomic_write, check_output_path, json_ready, write_json
+from minidiff.arguments import check_labels
+from minidiff.files import atomic_write, check_output_folder, check_output_path, json_ready, write_json
 
 # TrainConfig fields that are flags, with the type that validates each
 TRAIN_FLAGS = {"steps": arguments.positive_int, "batch_size": arguments.positive_int,
@@ -27,12 +27,19 @@ TRAIN_FLAGS = {"steps": arguments.positive_int, "batch_size": arguments.positive
                "sample_every": arguments.nonnegative_int, "snapshot_every": arguments.nonnegative_int}
 
 
-def check_labels(labels: list[int], num_classes: int, what: str) -> list[int]:
-    """labels, if every one is a class of the model; else a ValueError naming the flag."""
-    bad = [v for v in labels if not 0 <= v < num_classes]
-    if bad:
-        raise ValueError(f"{what} {bad} out of range: this model knows classes 0..{num_classes - 1}")
-    return labels
+def check_steps(steps: int | None, s, flag: str = "--steps") -> None:
+    """Refuse more sampling steps than the model's schedule has (its T), naming the flag."""
+    if steps is not None and steps > s.num_timesteps:
+        raise ValueError(f"{flag} {steps} is more than the model's {s.num_timesteps} diffusion steps")
+
+
+def model_inputs(args) -> dict:
+    """{flag: path} of the model files a command reads (the default model when --ckpt is not
+    given): no output may be one of them."""
+    from minidiff import models
+
+    return {"--ckpt": getattr(args, "ckpt", None) or models.DEFAULT_CHECKPOINT,
+            **{flag: getattr(args, flag[2:], None) for flag in ("--classifier", "--judge", "--image")}}
 
 
 def add_train_parser(sub) -> None:
@@ -76,6 +83,7 @@ def run_train(args) -> None:
     if args.conditioning == "text" and args.dataset != "mnist":
         raise ValueError(f"--conditioning text needs --dataset mnist (its captions describe handwritten "
                          f"digits), got {args.dataset}")
+    run_dir = check_output_folder(args.out or Path("runs") / args.dataset, what="--out")  # before the data
     unet_cfg = UNetConfig.cifar() if args.dataset == "cifar10" else UNetConfig.mnist()
     if args.conditioning == "text":
         unet_cfg = UNetConfig.mnist_text()
@@ -85,7 +93,6 @@ def run_train(args) -> None:
     if args.prediction:
         unet_cfg = dataclasses.replace(unet_cfg, prediction=args.prediction)
     (images, labels), _ = data.load_train_and_heldout(args.dataset, args.data_dir)
-    run_dir = args.out or Path("runs") / args.dataset
     trainer = train.Trainer(unet_cfg, cfg, run_dir, images, labels)
     print(f"{train.describe(unet_cfg)}; {len(images)} training images; run dir {run_dir} "
           f"(starting at step {trainer.step})")
@@ -107,9 +114,9 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="caption model: a prompt such as 'bold right-leaning seven' (repeat for more rows; "
                         "replaces --labels)")
-    p.add_argument("--per-label", type=arguments.positive_int, default=10,
+    p.add_argument("--per-label", type=arguments.count, default=10,
                    help="samples per label or prompt (one grid row each)")
-    p.add_argument("--batch-size", type=arguments.positive_int, default=250,
+    p.add_argument("--batch-size", type=arguments.count, default=250,
                    help="samples drawn at once (memory; default %(default)s)")
     p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"),
@@ -122,9 +129,9 @@ def add_sampling_arguments(p) -> None:
     from minidiff import pipeline, samplers
 
     p.add_argument("--sampler", choices=pipeline.SAMPLERS, default="ddim")
-    p.add_argument("--steps", type=arguments.positive_int, default=None,
+    p.add_argument("--steps", type=arguments.steps, default=None,
                    help="sampling steps (default: DDIM 50, DDPM all T)")
-    p.add_argument("--eta", type=arguments.nonnegative_float, default=0.0,
+    p.add_argument("--eta", type=arguments.probability, default=0.0,
                    help="DDIM eta: 0 deterministic, 1 DDPM-like")
     p.add_argument("--variance", choices=samplers.DDPM_VARIANCES, default="beta_tilde",
                    help="DDPM step variance; 'beta' with --steps is the DDIM paper's sigma-hat sampler")
@@ -172,7 +179,7 @@ def run_sample(args) -> None:
 
     from minidiff import models, pipeline, plotting
 
-    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out")
+    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out", inputs=model_inputs(args))
     model, meta = models.load_model(args.ckpt)
     num_classes = model.config.num_classes
     wanted = list(range(num_classes)) if args.labels is None else args.labels
@@ -183,11 +190,18 @@ def run_sample(args) -> None:
         if args.labels is not None:
             raise ValueError("give --prompt or --labels, not both")
         wanted = args.prompt
-        labels = np.repeat(captions.tokenize_all(wanted, model.config.text_length), args.per_label, axis=0)
     else:
-        labels = np.repeat(np.asarray(check_labels(wanted, num_classes, "label(s)"), np.int32), args.per_label)
+        wanted = check_labels(wanted, num_classes, "--labels" if args.labels is not None else "label(s)")
+    cfg = model.config
+    arguments.check_sample_count(len(wanted), args.per_label, (cfg.image_size, cfg.image_size, cfg.in_channels),
+                                 "--per-label", picture=args.out.suffix == ".png")
+    if args.prompt is not None:
+        labels = np.repeat(captions.tokenize_all(wanted, cfg.text_length), args.per_label, axis=0)
+    else:
+        labels = np.repeat(np.asarray(wanted, np.int32), args.per_label)
     kwargs = sampling_kwargs(args, models.dataset_of(meta))
     s, key, batches = models.schedule_of(meta), jax.random.PRNGKey(args.seed), []
+    check_steps(args.steps, s)
     for i, start in enumerate(range(0, len(labels), args.batch_size)):
         batch_key = key if i == 0 else jax.random.fold_in(key, i)  # batch 0: the seed's own key
         batches.append(pipeline.generate(model, s, labels[start:start + args.batch_size], batch_key, **kwargs))
@@ -217,7 +231,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--judge", type=Path, default=None,
                    help="clean evaluation classifier (default data/checkpoints/DATASET_classifier.npz)")
     add_sampling_arguments(p)
-    p.add_argument("--per-label", type=arguments.positive_int, default=20,
+    p.add_argument("--per-label", type=arguments.count, default=20,
                    help="samples per class (diversity needs 2; with 1 it is reported as null)")
     p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the data set (FID reference)")
@@ -232,8 +246,12 @@ def run_eval(args) -> None:
 
     for path, suffix, flag in ((args.out, ".json", "--out"), (args.grid, ".png", "--grid")):
         if path is not None:
-            check_output_path(path, suffixes=(suffix,), what=flag)
+            check_output_path(path, suffixes=(suffix,), what=flag, inputs=model_inputs(args))
     setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
+    cfg = setup.model.config
+    arguments.check_sample_count(cfg.num_classes, args.per_label, (cfg.image_size, cfg.image_size, cfg.in_channels),
+                                 "--per-label", picture=args.grid is not None)
+    check_steps(args.steps, setup.schedule)
     images, labels, seconds = evaluation.draw_samples(setup.model, setup.schedule, args.per_label, seed=args.seed,
                                                       progress=True, **sampling_kwargs(args, setup.dataset))
     result = evaluation.score_samples(setup.judge, images, labels, setup.reference)
@@ -274,7 +292,7 @@ def run_classifier(args) -> None:
     from minidiff import classifier, classifier_train, models
 
     name = f"{args.dataset}_classifier{'_noisy' if args.noised else ''}.npz"
-    out = check_output_path(args.out or Path("runs") / name, suffixes=(".npz",), what="--out")
+    out = check_output_path(args.out or Path("runs") / name, suffixes=(".npz",), what="--out", writes_models=True)
     (images, labels), (held_images, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
     h, w, c = images.shape[1:]
     cfg = classifier.ClassifierConfig(image_size=h, in_channels=c, noised=args.noised,
@@ -304,20 +322,20 @@ def add_inversion_parser(sub, name: str) -> None:
     p.add_argument("--ckpt", type=Path, default=None, help="U-Net model file (default: released MNIST)")
     p.add_argument("--image", type=Path, default=None, help="a PNG to invert (any size; made grey for a 1-channel model, kept in colour for a 3-channel one)")
     p.add_argument("--label", type=int, default=None, help="the class of --image")
-    p.add_argument("--dataset", choices=data.DATASETS, default="mnist",
-                   help="data set whose held-out images --index selects (default mnist)")
+    p.add_argument("--dataset", choices=data.DATASETS, default=None,
+                   help="data set whose held-out images --index selects (default: the model's own)")
     p.add_argument("--index", type=arguments.index, default=slice(0, 8), help="held-out images, e.g. 0:100")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--method", choices=inversion.METHODS, default="null",
                    help="ddim (plain), fixed_point (each inverse step solved by iteration), negative "
                         "(negative-prompt), null (null-class, the default) or direct (the source pinned to the pivot)")
     p.add_argument("--guidance", type=arguments.finite_float, default=7.5, help="CFG scale w")
-    p.add_argument("--steps", type=arguments.positive_int, default=50, help="DDIM steps")
-    p.add_argument("--inner-steps", type=arguments.positive_int, default=inversion.INNER_STEPS,
+    p.add_argument("--steps", type=arguments.steps, default=50, help="DDIM steps")
+    p.add_argument("--inner-steps", type=arguments.inner_steps, default=inversion.INNER_STEPS,
                    help=f"null-class inversion: most Adam steps per sampling step (default {inversion.INNER_STEPS})")
-    p.add_argument("--lr", type=arguments.nonnegative_float, default=inversion.LR,
+    p.add_argument("--lr", type=arguments.relative_lr, default=inversion.LR,
                    help=f"null-class inversion: Adam step size relative to the null row's RMS (default {inversion.LR})")
-    p.add_argument("--fixed-point-iterations", type=arguments.positive_int, default=5,
+    p.add_argument("--fixed-point-iterations", type=arguments.iterations, default=5,
                    help="fixed_point: iterations per inverse step (default 5)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="caption model: the source prompt of every image (default: each digit's own caption, "
@@ -396,9 +414,10 @@ def _prompts(args, model, meta, x0, labels):
 def run_inversion(args) -> None:
     from minidiff import metrics, models, pipeline, plotting
 
-    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out")
+    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out", inputs=model_inputs(args))
     model, meta = models.load_model(args.ckpt)
     cfg = model.config
+    check_steps(args.steps, models.schedule_of(meta))
     text = cfg.conditioning == "text"
     editing = args.command == "edit"
     if not text:
@@ -413,7 +432,15 @@ def run_inversion(args) -> None:
         labels = np.array(check_labels([args.label], cfg.num_classes, "--label"), np.int32)
         images = data.load_image(args.image, cfg.image_size, cfg.in_channels)[None]
     else:
-        _, (held, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
+        trained_on = models.dataset_of(meta)
+        if args.dataset is not None and trained_on is not None and args.dataset != trained_on:
+            raise ValueError(f"--dataset {args.dataset}, but the model {args.ckpt or models.DEFAULT_CHECKPOINT} "
+                             f"was trained on {trained_on}; give --dataset {trained_on} or another --ckpt")
+        rows = 3 if editing else 2
+        arguments.check_sample_count(rows, args.index.stop - args.index.start,
+                                     (cfg.image_size, cfg.image_size, cfg.in_channels), "--index",
+                                     picture=args.out.suffix == ".png")
+        _, (held, held_labels) = data.load_train_and_heldout(args.dataset or trained_on or "mnist", args.data_dir)
         if args.index.stop > len(held):
             raise ValueError(f"--index {args.index.start}:{args.index.stop} goes past the held-out set, "
                              f"which has {len(held)} images (0:{len(held)})")
@@ -493,12 +520,25 @@ COMMANDS = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="minidiff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add, _ in COMMANDS.values():
-        add(sub)
-    args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command][1](args)
-    except (ValueError, OSError) as err:  # incl. CheckpointError, DatasetError, TrainingDiverged, full disks
-        print(f"minidiff {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        for add, _ in COMMANDS.values():
+            add(sub)
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # while the parsers import JAX
+        arguments.exit_interrupted("minidiff", "nothing was written")
+    return arguments.run_command(f"minidiff {args.command}", partial(COMMANDS[args.command][1], args),
+                                 partial(interrupted, args))
+
+
+def interrupted(args) -> str:
+    """What a Ctrl-C left behind, in a few words: for train, the checkpoint a rerun resumes from."""
+    if args.command != "train":
+        return "no output is left half-written"
+    from minidiff import checkpoint
+
+    ckpt = (args.out or Path("runs") / args.dataset) / "ckpt.npz"
+    try:
+        step = checkpoint.read_metadata(ckpt)["step"]
+    except (checkpoint.CheckpointError, KeyError):
+        return f"no checkpoint had been written in {ckpt.parent}"
+    return f"{ckpt} (step {step}) is intact; the same command resumes from it"

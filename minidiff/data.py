@@ -366,8 +366,24 @@ def load_train_and_heldout(name, data_dir=None, download=True, heldout=1000, ver
 MAX_IMAGE_PIXELS = 4096 * 4096  # a picture to invert is resized to 28x28 or 32x32 anyway
 
 
+def _rgba(picture, path) -> np.ndarray:
+    """A PIL picture as (H, W, 4) float32 RGBA in [0, 1], scaled by its real bit depth: 16-bit
+    grey (modes I;16*) by 65535, everything PIL converts to RGBA by 255. Pictures of 32-bit
+    integer or floating-point pixels (modes I and F: TIFFs), whose range no header states, are
+    refused with a DatasetError rather than guessed at."""
+    if picture.mode.startswith("I;16"):
+        grey = np.asarray(picture, np.float32) / 65535.0  # (H, W)
+        return np.concatenate([np.repeat(grey[..., None], 3, axis=-1), np.ones_like(grey)[..., None]], axis=-1)
+    if picture.mode in ("I", "F"):
+        kind = "floating-point" if picture.mode == "F" else "32-bit integer"
+        raise DatasetError(f"{path}: its pixels are {kind} values (mode {picture.mode}), whose range minidiff "
+                           "cannot know; save it as an 8- or 16-bit PNG")
+    return np.asarray(picture.convert("RGBA"), np.float32) / 255.0
+
+
 def load_image(path, size: int, channels: int = 1) -> np.ndarray:
     """A picture file (PNG) as one image (size, size, channels) uint8, ready for to_model_range.
+    Pixels are scaled by their bit depth (8 or 16 bits); float or 32-bit pictures are refused.
 
     Transparent pixels are composited onto the background the alpha implies: the opposite of the
     opaque pixels' mean brightness (dark strokes on a transparent sheet become dark on white).
@@ -390,7 +406,7 @@ def load_image(path, size: int, channels: int = 1) -> np.ndarray:
             if width * height > MAX_IMAGE_PIXELS:
                 raise DatasetError(f"{path}: the picture is {width}x{height} pixels, more than the "
                                    f"{MAX_IMAGE_PIXELS} pixels minidiff decodes (it is resized to {size}x{size} anyway)")
-            rgba = np.asarray(picture.convert("RGBA"), np.float32) / 255.0  # (H, W, 4)
+            rgba = _rgba(picture, path)  # (H, W, 4) in [0, 1]
     except Image.DecompressionBombError as err:  # PIL's own limit, checked when it opens the file
         raise DatasetError(f"{path}: the picture has more than the {MAX_IMAGE_PIXELS} pixels "
                            f"minidiff decodes ({err})") from err

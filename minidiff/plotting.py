@@ -1,4 +1,7 @@
-"""Pictures: image grids, trajectories and curves, written as PNG files with matplotlib."""
+"""Pictures: image grids, trajectories and curves, written as PNG files with matplotlib.
+
+Every picture is written by write_png, through files.atomic_write: a full disk or a Ctrl-C leaves
+the previous file whole, never a truncated PNG."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minidiff.data import from_model_range  # noqa: E402
+from minidiff.files import atomic_write  # noqa: E402
 
 
 def image_grid(images, ncols: int, pad: int = 2) -> np.ndarray:
@@ -35,11 +39,7 @@ def image_grid(images, ncols: int, pad: int = 2) -> np.ndarray:
 def save_grid(path, images, ncols: int, scale: int = 2, row_labels=None, title=None, col_labels=None) -> Path:
     """Save images (N, H, W, C) in [-1, 1] as a PNG grid, rows and columns optionally labelled."""
     fig = grid_figure(images, ncols, scale, row_labels, title, col_labels)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=fig.dpi)
-    plt.close(fig)
-    return path
+    return write_png(path, fig, dpi=fig.dpi)
 
 
 def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None, col_labels=None):
@@ -111,11 +111,7 @@ def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return write_png(path, fig)
 
 
 def word_maps_figure(images, maps, words, title: str | None = None):
@@ -145,8 +141,15 @@ def word_maps_figure(images, maps, words, title: str | None = None):
 
 def save_figure(path, fig) -> Path:
     """Write a matplotlib figure as PNG and close it."""
+    return write_png(path, fig)
+
+
+def write_png(path, fig, **savefig_kwargs) -> Path:
+    """Write fig as a PNG at path, atomically (files.atomic_write), and close it; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
     return path

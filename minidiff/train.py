@@ -240,11 +240,12 @@ class Trainer:
     def _load(self) -> None:
         """Resume from ckpt.npz if there is one (the state, and the training time so far)."""
         if self.ckpt_path.exists():
-            state, meta = checkpoint.load_checkpoint(self.ckpt_path, self.state)
+            meta = checkpoint.read_metadata(self.ckpt_path)  # the settings first: other ones are named as such
             if not (isinstance(meta.get("train"), dict) and isinstance(meta.get("unet"), dict) and "elapsed" in meta):
                 raise checkpoint.CheckpointError(f"{self.ckpt_path}: not a training checkpoint "
                                                  "(its metadata lacks the train and unet configs)")
             self._check_same_run(meta)
+            state, _ = checkpoint.load_checkpoint(self.ckpt_path, self.state)
             self.elapsed = meta["elapsed"]
             self.state = jax.device_put(state, self.replicated)
 

@@ -92,7 +92,7 @@ def test_an_index_past_the_held_out_set_says_how_many_there_are(capsys):
     (["train-classifier", "--steps", "0"], r"--steps: must be a positive integer"),
     (["sample", "--seed", str(2**70)], r"--seed: must be an integer in 0\.\.2\*\*32-1"),
     (["bench", "--repeats", "0"], r"--repeats: must be a positive integer"),
-    (["sample", "--per-label", "0"], r"--per-label: must be a positive integer"),
+    (["sample", "--per-label", "0"], r"--per-label: must be an integer in 1\.\.10000000"),
 ])
 def test_bad_counts_are_refused(capsys, args, message):
     refused(capsys, message, *args)

@@ -77,7 +77,7 @@ def test_sample_without_ckpt_uses_the_released_mnist_model(tmp_path):
     "args, message",
     [
         (["sample", "--ckpt", "missing.npz"], "checkpoint not found: missing.npz"),
-        (["sample", "--labels", "3,10", "--ckpt", "{model}"], r"label\(s\) \[10\] out of range"),
+        (["sample", "--labels", "3,10", "--ckpt", "{model}"], r"--labels \[10\] out of range"),
         (["sample", "--labels", "three"], "labels must look like"),
         (["sample", "--out", "x.jpg", "--ckpt", "{model}"], "must end in .png or .npz"),
         (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),

@@ -6,17 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from minidiff import checkpoint, evaluation, experiments, models, pipeline
+from minidiff import arguments, checkpoint, evaluation, experiments, models, pipeline
+from minidiff.arguments import count, finite_float, finite_floats, steps_list
 from minidiff.experiments.common import RESULTS_DIR
 from minidiff.experiments.prompts import TEXT_EDIT_SWEEP
+from minidiff.files import check_output_folder
 
-
-def floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
-
-
-def ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(","))
+HELD_OUT = ("reconstruction", "inversion", "editing", "word-swap", "diagnosis")  # --num counts held-out images
 
 
 def chosen(sweep: dict, names) -> dict:
@@ -42,107 +38,123 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("sampler-table", "DDIM Table 1 analogue: classifier FID over steps x eta, plus sigma-hat")
-    p.add_argument("--per-label", type=int, default=50, help="samples per class for each configuration")
-    p.add_argument("--steps", type=ints, default=(10, 20, 50, 100), help="comma-separated step counts")
-    p.add_argument("--etas", type=floats, default=(0.0, 0.2, 0.5, 1.0))
-    p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the samples (1: conditional)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per cell (means and the FID's spread over them)")
+    p.add_argument("--per-label", type=count, default=50, help="samples per class for each configuration")
+    p.add_argument("--steps", type=steps_list, default=(10, 20, 50, 100), help="comma-separated step counts")
+    p.add_argument("--etas", type=arguments.probabilities, default=(0.0, 0.2, 0.5, 1.0))
+    p.add_argument("--guidance", type=finite_float, default=1.0, help="CFG scale of the samples (1: conditional)")
+    p.add_argument("--seeds", type=count, default=1, help="seeds per cell (means and the FID's spread over them)")
     p.add_argument("--no-sigma-hat", action="store_true", help="leave out the sigma-hat row (DDPM, variance beta)")
     p = add("reconstruction", "DDIM Table 2 analogue: encode-decode MSE of held-out images vs steps")
-    p.add_argument("--num", type=int, default=64, help="held-out images")
-    p.add_argument("--steps", type=ints, default=(10, 20, 50, 100, 1000))
-    p.add_argument("--fixed-point-iterations", type=ints, default=(0,),
+    p.add_argument("--num", type=count, default=64, help="held-out images")
+    p.add_argument("--steps", type=steps_list, default=(10, 20, 50, 100, 1000))
+    p.add_argument("--fixed-point-iterations", type=arguments.iterations_list, default=(0,),
                    help="comma-separated; one set of rows for each (0: plain DDIM inversion), e.g. 0,5")
     p = add("guidance", "CFG sweep and classifier-guidance sweep: accuracy, classifier FID, diversity")
-    p.add_argument("--per-label", type=int, default=30)
-    p.add_argument("--cfg-scales", type=floats, default=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0))
-    p.add_argument("--classifier-scales", type=floats, default=(0.0, 1.0, 2.0, 5.0, 10.0, 20.0))
+    p.add_argument("--per-label", type=count, default=30)
+    p.add_argument("--cfg-scales", type=finite_floats, default=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0))
+    p.add_argument("--classifier-scales", type=finite_floats, default=(0.0, 1.0, 2.0, 5.0, 10.0, 20.0))
     p.add_argument("--classifier", type=Path, default=None,
                    help="noised classifier (default data/checkpoints/DATASET_classifier_noisy.npz)")
     p = add("inversion", "the inversion methods side by side on held-out images: PSNR, seconds, edits")
-    p.add_argument("--num", type=int, default=100, help="held-out images")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=floats, default=(1.0, 3.0, 7.5))
+    p.add_argument("--num", type=count, default=100, help="held-out images")
+    p.add_argument("--steps", type=arguments.steps, default=50)
+    p.add_argument("--guidance", type=finite_floats, default=(1.0, 3.0, 7.5))
     p.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=None,
                    help="comma-separated, default all of minidiff.inversion.METHODS")
-    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--batch", type=count, default=50)
     p = add("editing", "the edit controllers side by side (label switch, P2P attention, feature injection)")
-    p.add_argument("--num", type=int, default=100, help="held-out images")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=floats, default=(3.0, 7.5))
+    p.add_argument("--num", type=count, default=100, help="held-out images")
+    p.add_argument("--steps", type=arguments.steps, default=50)
+    p.add_argument("--guidance", type=finite_floats, default=(3.0, 7.5))
     p.add_argument("--method", default="null", help="inversion method (default null)")
-    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--batch", type=count, default=50)
     p.add_argument("--controllers", type=lambda t: tuple(t.split(";")), default=None,
                    help="semicolon-separated names of pipeline.EDIT_SWEEP to run (default all)")
     p = add("prompt-following", "caption model: digit accuracy and style words in their terciles, per prompt")
-    p.add_argument("--num", type=int, default=500, help="samples, the digits in turn under the nine style combinations")
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--num", type=count, default=500, help="samples, the digits in turn under the nine style combinations")
+    p.add_argument("--guidance", type=finite_float, default=3.0)
+    p.add_argument("--steps", type=arguments.steps, default=50)
     p = add("word-swap", "caption model: null-text inversion, the digit word swapped under each P2P controller, "
                          "and the thickness word reweighted")
-    p.add_argument("--num", type=int, default=100, help="held-out images")
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch", type=int, default=50)
-    p.add_argument("--factors", type=floats, default=(0.5, 1.0, 2.0, 4.0), help="reweight factors")
+    p.add_argument("--num", type=count, default=100, help="held-out images")
+    p.add_argument("--guidance", type=finite_float, default=7.5)
+    p.add_argument("--steps", type=arguments.steps, default=50)
+    p.add_argument("--batch", type=count, default=50)
+    p.add_argument("--factors", type=finite_floats, default=(0.5, 1.0, 2.0, 4.0), help="reweight factors")
     p.add_argument("--no-reweight", action="store_true", help="only the word swaps")
     p.add_argument("--controllers", type=lambda t: tuple(t.split(";")), default=None,
                    help="semicolon-separated names of experiments.prompts.TEXT_EDIT_SWEEP (default all)")
     p = add("time-to-quality", "accuracy of a run's snapshots against its training wall time")
     p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
-    p.add_argument("--per-label", type=int, default=10)
-    p.add_argument("--scales", type=floats, default=(1.0, 2.0, 3.0))
+    p.add_argument("--per-label", type=count, default=10)
+    p.add_argument("--scales", type=finite_floats, default=(1.0, 2.0, 3.0))
     p = add("diagnosis", "eps loss per timestep (training vs held-out digits) and x0_pred along DDIM trajectories")
-    p.add_argument("--guidance", type=floats, default=(1.0, 3.0), help="CFG scales of the trajectories")
-    p.add_argument("--num", type=int, default=1000, help="training and held-out images for the loss")
-    p.add_argument("--per-label", type=int, default=20, help="trajectories per class")
-    p.add_argument("--name", default="diagnosis", help="output file name (NAME.json, NAME.png)")
+    p.add_argument("--guidance", type=finite_floats, default=(1.0, 3.0), help="CFG scales of the trajectories")
+    p.add_argument("--num", type=count, default=1000, help="training and held-out images for the loss")
+    p.add_argument("--per-label", type=count, default=20, help="trajectories per class")
+    p.add_argument("--name", type=arguments.file_name, default="diagnosis", help="output file name (NAME.json, NAME.png)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
-        out = args.out_dir
-        if args.experiment == "sampler-table":
-            experiments.sampler_table(setup, out, per_label=args.per_label, steps=args.steps, etas=args.etas,
-                                      guidance=args.guidance, seeds=args.seeds, sigma_hat=not args.no_sigma_hat)
-        elif args.experiment == "reconstruction":
-            experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps,
-                                             fixed_point_iterations=args.fixed_point_iterations)
-        elif args.experiment == "guidance":
-            noisy, _ = models.load_model(
-                args.classifier or models.CHECKPOINT_DIR / f"{setup.dataset}_classifier_noisy.npz", kind="classifier")
-            cfg = experiments.guidance_sweep(setup, out, args.cfg_scales, per_label=args.per_label)
-            clf = experiments.guidance_sweep(setup, out, args.classifier_scales, per_label=args.per_label,
-                                             classifier=noisy)
-            experiments.plot_guidance(out, [cfg, clf])
-        elif args.experiment == "inversion":
-            experiments.inversion_experiment(setup, out, num=args.num, guidance=args.guidance, steps=args.steps,
-                                             methods=args.methods, batch=args.batch)
-        elif args.experiment == "editing":
-            experiments.editing_experiment(setup, out, chosen(pipeline.EDIT_SWEEP, args.controllers), num=args.num, guidance=args.guidance,
-                                           method=args.method, steps=args.steps, batch=args.batch)
-        elif args.experiment in ("prompt-following", "word-swap"):
-            terciles = models.captions_of(checkpoint.read_metadata(args.ckpt or models.DEFAULT_CHECKPOINT), args.ckpt)
-            if args.experiment == "prompt-following":
-                experiments.prompt_following(setup, terciles, out, num=args.num, guidance=args.guidance,
-                                             steps=args.steps)
-            else:
-                experiments.word_swap(setup, terciles, out, num=args.num, guidance=args.guidance, steps=args.steps,
-                                      batch=args.batch, controls=chosen(TEXT_EDIT_SWEEP, args.controllers),
-                                      reweight_factors=() if args.no_reweight else args.factors)
-        elif args.experiment == "diagnosis":
-            experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
-                                  name=args.name)
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        arguments.exit_interrupted("minidiff.experiments", "nothing was written")
+    prog = f"minidiff.experiments {args.experiment}"
+    status = arguments.run_command(prog, lambda: run(args))
+    if status == 0:
+        print(f"results written to {args.out_dir}")
+    return status
+
+
+def run(args) -> None:
+    """The experiment args names, its flags checked first (the bounds that need the model here)."""
+    out = check_output_folder(args.out_dir, what="--out-dir")
+    setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
+    if args.experiment in HELD_OUT and args.num > len(setup.heldout):
+        raise ValueError(f"--num {args.num} is more than the {len(setup.heldout)} held-out images")
+    steps, T = getattr(args, "steps", ()), setup.schedule.num_timesteps
+    for S in steps if isinstance(steps, tuple) else (steps,):
+        if S > T:
+            raise ValueError(f"--steps {S} is more than the model's {T} diffusion steps")
+    cfg = setup.model.config
+    if hasattr(args, "per_label"):
+        arguments.check_sample_count(cfg.num_classes, args.per_label, (cfg.image_size, cfg.image_size, cfg.in_channels),
+                                     "--per-label", picture=False)
+    if args.experiment == "sampler-table":
+        experiments.sampler_table(setup, out, per_label=args.per_label, steps=args.steps, etas=args.etas,
+                                  guidance=args.guidance, seeds=args.seeds, sigma_hat=not args.no_sigma_hat)
+    elif args.experiment == "reconstruction":
+        experiments.reconstruction_table(setup, out, num=args.num, steps=args.steps,
+                                         fixed_point_iterations=args.fixed_point_iterations)
+    elif args.experiment == "guidance":
+        noisy, _ = models.load_model(
+            args.classifier or models.CHECKPOINT_DIR / f"{setup.dataset}_classifier_noisy.npz", kind="classifier")
+        cfg = experiments.guidance_sweep(setup, out, args.cfg_scales, per_label=args.per_label)
+        clf = experiments.guidance_sweep(setup, out, args.classifier_scales, per_label=args.per_label,
+                                         classifier=noisy)
+        experiments.plot_guidance(out, [cfg, clf])
+    elif args.experiment == "inversion":
+        experiments.inversion_experiment(setup, out, num=args.num, guidance=args.guidance, steps=args.steps,
+                                         methods=args.methods, batch=args.batch)
+    elif args.experiment == "editing":
+        experiments.editing_experiment(setup, out, chosen(pipeline.EDIT_SWEEP, args.controllers), num=args.num, guidance=args.guidance,
+                                       method=args.method, steps=args.steps, batch=args.batch)
+    elif args.experiment in ("prompt-following", "word-swap"):
+        terciles = models.captions_of(checkpoint.read_metadata(args.ckpt or models.DEFAULT_CHECKPOINT), args.ckpt)
+        if args.experiment == "prompt-following":
+            experiments.prompt_following(setup, terciles, out, num=args.num, guidance=args.guidance,
+                                         steps=args.steps)
         else:
-            experiments.time_to_quality(setup, args.run, out, scales=args.scales, per_label=args.per_label)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"minidiff.experiments {args.experiment}: error: {err}", file=sys.stderr)
-        return 2
-    print(f"results written to {out}")
-    return 0
+            experiments.word_swap(setup, terciles, out, num=args.num, guidance=args.guidance, steps=args.steps,
+                                  batch=args.batch, controls=chosen(TEXT_EDIT_SWEEP, args.controllers),
+                                  reweight_factors=() if args.no_reweight else args.factors)
+    elif args.experiment == "diagnosis":
+        experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
+                              name=args.name)
+    else:
+        experiments.time_to_quality(setup, args.run, out, scales=args.scales, per_label=args.per_label)
 
 
 if __name__ == "__main__":
