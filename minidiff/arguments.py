@@ -145,7 +145,7 @@ def check_sample_count(rows: int, per_row: int, image_shape: tuple, flag: str, p
                          f"{memory_bytes() / 2**30:.0f} GiB; ask for fewer")
     if picture:
         height, width = image_shape[:2]
-        size = 2 * max(rows * (height + 2), per_row * (width + 2))  # save_grid: 2 px padding, scale 2
+        size = 2 * (max(rows * (height + 2), per_row * (width + 2)) + 2)  # save_grid: 2 px padding, scale 2
         if size > PICTURE_PIXELS:
             raise ValueError(f"{flag}: a grid of {rows} rows of {per_row} images would be {size} pixels "
                              f"across, more than a PNG picture holds ({PICTURE_PIXELS}); write .npz instead")

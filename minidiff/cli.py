@@ -15,7 +15,7 @@ import numpy as np
 
 from minidiff import arguments, captions, data
 from minidiff.arguments import check_labels
-from minidiff.files import atomic_write, check_output_folder, check_output_path, json_ready, write_json
+from minidiff.files import atomic_write, check_output_folder, check_output_path, is_model_file, json_ready, write_json
 
 # TrainConfig fields that are flags, with the type that validates each
 TRAIN_FLAGS = {"steps": arguments.positive_int, "batch_size": arguments.positive_int,
@@ -84,6 +84,9 @@ def run_train(args) -> None:
         raise ValueError(f"--conditioning text needs --dataset mnist (its captions describe handwritten "
                          f"digits), got {args.dataset}")
     run_dir = check_output_folder(args.out or Path("runs") / args.dataset, what="--out")  # before the data
+    if (run_dir / "model.npz").exists() and not (run_dir / "ckpt.npz").exists():
+        raise ValueError(f"--out {run_dir} holds a model.npz but no ckpt.npz to resume from: training would "
+                         "overwrite a model it did not make; give another run directory")
     unet_cfg = UNetConfig.cifar() if args.dataset == "cifar10" else UNetConfig.mnist()
     if args.conditioning == "text":
         unet_cfg = UNetConfig.mnist_text()
@@ -289,10 +292,13 @@ def add_classifier_parser(sub) -> None:
 def run_classifier(args) -> None:
     import time
 
-    from minidiff import classifier, classifier_train, models
+    from minidiff import checkpoint, classifier, classifier_train, models
 
     name = f"{args.dataset}_classifier{'_noisy' if args.noised else ''}.npz"
     out = check_output_path(args.out or Path("runs") / name, suffixes=(".npz",), what="--out", writes_models=True)
+    if is_model_file(out) and checkpoint.read_metadata(out).get("kind") != "classifier":  # a U-Net, a training state
+        raise ValueError(f"--out {out} is a minidiff model file but not a classifier; train-classifier only "
+                         "overwrites classifiers: give another name")
     (images, labels), (held_images, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
     h, w, c = images.shape[1:]
     cfg = classifier.ClassifierConfig(image_size=h, in_channels=c, noised=args.noised,
