@@ -461,7 +461,7 @@ def test_11_ctrl_c_stops_train_in_one_line_and_it_resumes(tmp_path):
     assert "Traceback" not in err and seconds < 5
     assert not list(run_dir.glob(".*.tmp"))
     step = checkpoint.read_metadata(run_dir / "ckpt.npz")["step"]
-    resumed = subprocess.run([sys.executable, "-m", "minidiff", *map(str, common), "--steps", step + 5], cwd=REPO,
+    resumed = subprocess.run([sys.executable, "-m", "minidiff", *map(str, [*common, "--steps", step + 5])], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"starting at step {step}" in resumed.stdout and f"done: step {step + 5}" in resumed.stdout
