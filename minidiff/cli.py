@@ -33,6 +33,12 @@ def check_steps(steps: int | None, s, flag: str = "--steps") -> None:
         raise ValueError(f"{flag} {steps} is more than the model's {s.num_timesteps} diffusion steps")
 
 
+def check_batch_size(batch_size: int, num_images: int) -> None:
+    """Refuse a training batch larger than the training set (each batch is drawn without repeats)."""
+    if batch_size > num_images:
+        raise ValueError(f"--batch-size {batch_size} is more than the {num_images} training images")
+
+
 def model_inputs(args) -> dict:
     """{flag: path} of the model files a command reads (the default model when --ckpt is not
     given): no output may be one of them."""
@@ -96,6 +102,7 @@ def run_train(args) -> None:
     if args.prediction:
         unet_cfg = dataclasses.replace(unet_cfg, prediction=args.prediction)
     (images, labels), _ = data.load_train_and_heldout(args.dataset, args.data_dir)
+    check_batch_size(args.batch_size, len(images))
     trainer = train.Trainer(unet_cfg, cfg, run_dir, images, labels)
     print(f"{train.describe(unet_cfg)}; {len(images)} training images; run dir {run_dir} "
           f"(starting at step {trainer.step})")
@@ -300,6 +307,7 @@ def run_classifier(args) -> None:
         raise ValueError(f"--out {out} is a minidiff model file but not a classifier; train-classifier only "
                          "overwrites classifiers: give another name")
     (images, labels), (held_images, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
+    check_batch_size(args.batch_size, len(images))
     h, w, c = images.shape[1:]
     cfg = classifier.ClassifierConfig(image_size=h, in_channels=c, noised=args.noised,
                                       num_classes=data.num_classes(args.dataset))
@@ -335,7 +343,9 @@ def add_inversion_parser(sub, name: str) -> None:
     p.add_argument("--method", choices=inversion.METHODS, default="null",
                    help="ddim (plain), fixed_point (each inverse step solved by iteration), negative "
                         "(negative-prompt), null (null-class, the default) or direct (the source pinned to the pivot)")
-    p.add_argument("--guidance", type=arguments.finite_float, default=7.5, help="CFG scale w")
+    p.add_argument("--guidance", type=arguments.finite_float, default=None,
+                   help=f"CFG scale w (default {pipeline.EDIT_GUIDANCE['label']:g}, on a caption model "
+                        f"{pipeline.EDIT_GUIDANCE['text']:g})")
     p.add_argument("--steps", type=arguments.steps, default=50, help="DDIM steps")
     p.add_argument("--inner-steps", type=arguments.inner_steps, default=inversion.INNER_STEPS,
                    help=f"null-class inversion: most Adam steps per sampling step (default {inversion.INNER_STEPS})")
@@ -426,6 +436,8 @@ def run_inversion(args) -> None:
     check_steps(args.steps, models.schedule_of(meta))
     text = cfg.conditioning == "text"
     editing = args.command == "edit"
+    if args.guidance is None:
+        args.guidance = pipeline.EDIT_GUIDANCE[cfg.conditioning]
     if not text:
         for flag in ("prompt", "to_prompt", "reweight"):
             if getattr(args, flag, None) is not None:

@@ -35,6 +35,10 @@ DEFAULT_CONTROL = {"attention": 1.0, "features": 0.4, "levels": (-1,), "source_l
 # cross_replace_steps 0.8 and self_replace_steps 0.4 (the settings it was measured with).
 TEXT_DEFAULT_CONTROL = {"attention": 0.0, "features": 0.0, "levels": (), "source_label": 0.0, "cross": 0.0}
 REWEIGHT_CONTROL = {"attention": 0.4, "features": 0.0, "levels": (), "source_label": 0.0, "cross": 0.8}
+# The guidance scale `invert` and `edit` use when none is given: 7.5 (Stable Diffusion's, the
+# papers') on a label model; 3 on a caption model, where the word swap at w = 7.5 drew heavier
+# digits than random samples of the new digit and w = 3 kept more of the hand (docs/results.md).
+EDIT_GUIDANCE = {"label": 7.5, "text": 3.0}
 # The controllers `python -m minidiff.experiments editing` compares.
 EDIT_SWEEP = {
     "label switch": {"source_label": 0.1},
