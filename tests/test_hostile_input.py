@@ -139,6 +139,15 @@ def test_2_eval_experiments_and_train_classifier_protect_models(capsys, copy, tm
     assert models.load_model(copy)[0] is not None
 
 
+def test_2_an_experiment_never_writes_over_a_model(capsys, tmp_path, copy):
+    shutil.copy(copy, tmp_path / "diag.json")
+    experiment_refused(capsys, r"--name .*diag\.json is a minidiff model file, which this command never overwrites",
+                       "diagnosis", "--name", "diag", "--out-dir", tmp_path, inputs=[tmp_path / "diag.json", copy])
+    experiment_refused(capsys, r"--name .*model\.json is the input --ckpt", "diagnosis", "--ckpt",
+                       shutil.copy(copy, tmp_path / "model.json"), "--name", "model", "--out-dir", tmp_path,
+                       inputs=[tmp_path / "model.json"])
+
+
 def test_3_a_full_disk_leaves_the_old_picture_whole(capsys, monkeypatch, tmp_path, no_sampling, tiny):
     import matplotlib.figure
 
@@ -245,6 +254,16 @@ def test_6_out_of_range_labels_are_listed_briefly(capsys, tiny, tmp_path):
 ])
 def test_6_every_count_is_bounded(capsys, tiny, args, message):
     refused(capsys, message, *[a.format(tiny=tiny) for a in args], inputs=[tiny])
+
+
+@pytest.mark.parametrize("command", ["train", "train-classifier"])
+def test_6_a_training_batch_is_bounded_by_the_training_set(capsys, tmp_path, monkeypatch, command):
+    images, labels = np.zeros((16, 28, 28, 1), np.uint8), np.arange(16) % 10
+    monkeypatch.setattr(data, "load_train_and_heldout", lambda *a, **k: ((images, labels), (images, labels)))
+    out = tmp_path / ("run" if command == "train" else "c.npz")
+    refused(capsys, r"--batch-size 1000000 is more than the 16 training images", command, "--batch-size", 1000000,
+            "--out", out)
+    assert not (tmp_path / "run" / "ckpt.npz").exists() and not (tmp_path / "c.npz").exists()
 
 
 # --- tracebacks: 7-10 (11: Ctrl-C, below) ------------------------------------------------------------
@@ -367,8 +386,8 @@ def test_23_resuming_with_other_channels_names_the_settings(capsys, tmp_path, mo
     from minidiff import train
     from minidiff.unet import UNetConfig
 
-    images = np.zeros((16, 28, 28, 1), np.uint8)
-    labels = np.arange(16) % 10
+    images = np.zeros((256, 28, 28, 1), np.uint8)  # more than a batch
+    labels = np.arange(256) % 10
     config = dataclasses.replace(UNetConfig.mnist(), channels=(8, 16), cross_attention_levels=(1,))  # as `train --channels 8,16` makes it
     trainer = train.Trainer(config, train.TrainConfig(), tmp_path / "run", images, labels)
     trainer.save()
@@ -427,8 +446,8 @@ def interrupt(process, after_s: float) -> tuple[int, str, float]:
     return process.returncode, err, time.monotonic() - sent
 
 
-def start(*args):
-    return subprocess.Popen([sys.executable, "-m", "minidiff", *map(str, args)], cwd=REPO,
+def start(*args, module="minidiff"):
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -440,6 +459,20 @@ def test_12_ctrl_c_stops_sample_at_once_and_leaves_nothing(tmp_path):
     assert err.strip() == "minidiff sample: interrupted; no output is left half-written", err
     assert seconds < 5
     assert not list(tmp_path.iterdir())  # no picture, no temporary file
+
+
+@pytest.mark.slow
+def test_12_ctrl_c_stops_an_experiment_too(tmp_path):
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    process = start("reconstruction", "--num", 200, "--steps", "1000", "--data-dir", data_dir(), "--out-dir",
+                    tmp_path / "out", module="minidiff.experiments")
+    status, err, seconds = interrupt(process, after_s=20)
+    assert status == 130, err
+    assert err.strip().splitlines()[-1] == "minidiff.experiments reconstruction: interrupted; no output is left " \
+        "half-written", err
+    assert "Traceback" not in err and seconds < 5
+    assert not list((tmp_path / "out").iterdir())
 
 
 @pytest.mark.slow

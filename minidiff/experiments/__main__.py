@@ -10,7 +10,7 @@ from minidiff import arguments, checkpoint, evaluation, experiments, models, pip
 from minidiff.arguments import count, finite_float, finite_floats, steps_list
 from minidiff.experiments.common import RESULTS_DIR
 from minidiff.experiments.prompts import TEXT_EDIT_SWEEP
-from minidiff.files import check_output_folder
+from minidiff.files import check_output_folder, check_output_path
 
 HELD_OUT = ("reconstruction", "inversion", "editing", "word-swap", "diagnosis")  # --num counts held-out images
 
@@ -111,6 +111,10 @@ def main(argv=None) -> int:
 def run(args) -> None:
     """The experiment args names, its flags checked first (the bounds that need the model here)."""
     out = check_output_folder(args.out_dir, what="--out-dir")
+    if args.experiment == "diagnosis":  # the one output named by a flag; every write refuses a model file too
+        inputs = {"--ckpt": args.ckpt or models.DEFAULT_CHECKPOINT, "--judge": args.judge}
+        for suffix in (".json", ".png"):
+            check_output_path(out / f"{args.name}{suffix}", what="--name", inputs=inputs)
     setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
     if args.experiment in HELD_OUT and args.num > len(setup.heldout):
         raise ValueError(f"--num {args.num} is more than the {len(setup.heldout)} held-out images")
