@@ -86,6 +86,18 @@ def real_data_scores(setup: "Setup", num: int) -> dict:
             "background_noise": metrics.background_noise(setup.heldout)}
 
 
+def unseen_floor(setup: "Setup", num: int) -> tuple["Setup", float]:
+    """A calibrated classifier FID for samples of size num: the setup with its reference cut to
+    the held-out images from num on, and the floor, the FID of the first num held-out images
+    (real digits neither the model nor the judge trained on) against that same reference. A
+    sample set of num images that scores the floor is as close to real as num real digits are."""
+    if not 0 < num < len(setup.heldout):
+        raise ValueError(f"num must lie in 1..{len(setup.heldout) - 1} (held-out images), got {num}")
+    reference = reference_features(setup.judge, setup.heldout[num:])
+    floor = metrics.feature_fid(reference_features(setup.judge, setup.heldout[:num]), reference)
+    return dataclasses.replace(setup, reference=reference), floor
+
+
 def reference_features(judge: Classifier, images) -> np.ndarray:
     """The judge's penultimate features of real images in [-1, 1]: the FID reference."""
     return predict(judge, images)[1]
