@@ -127,6 +127,29 @@ def check_labels(labels: list[int], num_classes: int, what: str) -> list[int]:
     return labels
 
 
+def inputs_of(args) -> dict:
+    """{flag: path} of the files a command reads that an output could be mistaken for: its model
+    files (the released model when --ckpt is not given) and --image. No output may be one of them."""
+    from minidiff import models
+
+    return {"--ckpt": getattr(args, "ckpt", None) or models.DEFAULT_CHECKPOINT,
+            **{flag: getattr(args, flag[2:], None) for flag in ("--classifier", "--judge", "--image")}}
+
+
+def check_steps(steps, s, flag: str = "--steps") -> None:
+    """Refuse more sampling steps (an int, a tuple of them, or None) than the schedule s has (its
+    T), naming the flag."""
+    for value in steps if isinstance(steps, tuple) else (steps,):
+        if value is not None and value > s.num_timesteps:
+            raise ValueError(f"{flag} {value} is more than the model's {s.num_timesteps} diffusion steps")
+
+
+def check_batch_size(batch_size: int, num_images: int) -> None:
+    """Refuse a training batch larger than the training set (each batch is drawn without repeats)."""
+    if batch_size > num_images:
+        raise ValueError(f"--batch-size {batch_size} is more than the {num_images} training images")
+
+
 def memory_bytes() -> int:
     """The machine's physical memory in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -27,27 +27,6 @@ TRAIN_FLAGS = {"steps": arguments.positive_int, "batch_size": arguments.positive
                "sample_every": arguments.nonnegative_int, "snapshot_every": arguments.nonnegative_int}
 
 
-def check_steps(steps: int | None, s, flag: str = "--steps") -> None:
-    """Refuse more sampling steps than the model's schedule has (its T), naming the flag."""
-    if steps is not None and steps > s.num_timesteps:
-        raise ValueError(f"{flag} {steps} is more than the model's {s.num_timesteps} diffusion steps")
-
-
-def check_batch_size(batch_size: int, num_images: int) -> None:
-    """Refuse a training batch larger than the training set (each batch is drawn without repeats)."""
-    if batch_size > num_images:
-        raise ValueError(f"--batch-size {batch_size} is more than the {num_images} training images")
-
-
-def model_inputs(args) -> dict:
-    """{flag: path} of the model files a command reads (the default model when --ckpt is not
-    given): no output may be one of them."""
-    from minidiff import models
-
-    return {"--ckpt": getattr(args, "ckpt", None) or models.DEFAULT_CHECKPOINT,
-            **{flag: getattr(args, flag[2:], None) for flag in ("--classifier", "--judge", "--image")}}
-
-
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a class-conditional U-Net with the DDPM objective",
                        description="Train a class-conditional U-Net (DDPM loss, EMA, label dropout "
@@ -102,7 +81,7 @@ def run_train(args) -> None:
     if args.prediction:
         unet_cfg = dataclasses.replace(unet_cfg, prediction=args.prediction)
     (images, labels), _ = data.load_train_and_heldout(args.dataset, args.data_dir)
-    check_batch_size(args.batch_size, len(images))
+    arguments.check_batch_size(args.batch_size, len(images))
     trainer = train.Trainer(unet_cfg, cfg, run_dir, images, labels)
     print(f"{train.describe(unet_cfg)}; {len(images)} training images; run dir {run_dir} "
           f"(starting at step {trainer.step})")
@@ -189,7 +168,7 @@ def run_sample(args) -> None:
 
     from minidiff import models, pipeline, plotting
 
-    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out", inputs=model_inputs(args))
+    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out", inputs=arguments.inputs_of(args))
     model, meta = models.load_model(args.ckpt)
     num_classes = model.config.num_classes
     wanted = list(range(num_classes)) if args.labels is None else args.labels
@@ -211,7 +190,7 @@ def run_sample(args) -> None:
         labels = np.repeat(np.asarray(wanted, np.int32), args.per_label)
     kwargs = sampling_kwargs(args, models.dataset_of(meta))
     s, key, batches = models.schedule_of(meta), jax.random.PRNGKey(args.seed), []
-    check_steps(args.steps, s)
+    arguments.check_steps(args.steps, s)
     for i, start in enumerate(range(0, len(labels), args.batch_size)):
         batch_key = key if i == 0 else jax.random.fold_in(key, i)  # batch 0: the seed's own key
         batches.append(pipeline.generate(model, s, labels[start:start + args.batch_size], batch_key, **kwargs))
@@ -256,12 +235,12 @@ def run_eval(args) -> None:
 
     for path, suffix, flag in ((args.out, ".json", "--out"), (args.grid, ".png", "--grid")):
         if path is not None:
-            check_output_path(path, suffixes=(suffix,), what=flag, inputs=model_inputs(args))
+            check_output_path(path, suffixes=(suffix,), what=flag, inputs=arguments.inputs_of(args))
     setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
     cfg = setup.model.config
     arguments.check_sample_count(cfg.num_classes, args.per_label, (cfg.image_size, cfg.image_size, cfg.in_channels),
                                  "--per-label", picture=args.grid is not None)
-    check_steps(args.steps, setup.schedule)
+    arguments.check_steps(args.steps, setup.schedule)
     images, labels, seconds = evaluation.draw_samples(setup.model, setup.schedule, args.per_label, seed=args.seed,
                                                       progress=True, **sampling_kwargs(args, setup.dataset))
     result = evaluation.score_samples(setup.judge, images, labels, setup.reference)
@@ -307,7 +286,7 @@ def run_classifier(args) -> None:
         raise ValueError(f"--out {out} is a minidiff model file but not a classifier; train-classifier only "
                          "overwrites classifiers: give another name")
     (images, labels), (held_images, held_labels) = data.load_train_and_heldout(args.dataset, args.data_dir)
-    check_batch_size(args.batch_size, len(images))
+    arguments.check_batch_size(args.batch_size, len(images))
     h, w, c = images.shape[1:]
     cfg = classifier.ClassifierConfig(image_size=h, in_channels=c, noised=args.noised,
                                       num_classes=data.num_classes(args.dataset))
@@ -430,10 +409,10 @@ def _prompts(args, model, meta, x0, labels):
 def run_inversion(args) -> None:
     from minidiff import metrics, models, pipeline, plotting
 
-    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out", inputs=model_inputs(args))
+    check_output_path(args.out, suffixes=(".png", ".npz"), what="--out", inputs=arguments.inputs_of(args))
     model, meta = models.load_model(args.ckpt)
     cfg = model.config
-    check_steps(args.steps, models.schedule_of(meta))
+    arguments.check_steps(args.steps, models.schedule_of(meta))
     text = cfg.conditioning == "text"
     editing = args.command == "edit"
     if args.guidance is None:

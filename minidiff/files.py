@@ -97,7 +97,7 @@ def run_interruptibly(work):
     cannot raise KeyboardInterrupt; here the main thread only waits, so SIGINT reaches it within
     0.2 s. It then stops every atomic write (none completes after it), deletes their temporary
     files and raises KeyboardInterrupt; the worker, a daemon thread, dies with the process (the
-    caller exits: see cli.main). An exception of work() is raised here as it is."""
+    caller exits: see arguments.run_command). An exception of work() is raised here as it is."""
     outcome = {}
 
     def target():

@@ -112,16 +112,12 @@ def run(args) -> None:
     """The experiment args names, its flags checked first (the bounds that need the model here)."""
     out = check_output_folder(args.out_dir, what="--out-dir")
     if args.experiment == "diagnosis":  # the one output named by a flag; every write refuses a model file too
-        inputs = {"--ckpt": args.ckpt or models.DEFAULT_CHECKPOINT, "--judge": args.judge}
         for suffix in (".json", ".png"):
-            check_output_path(out / f"{args.name}{suffix}", what="--name", inputs=inputs)
+            check_output_path(out / f"{args.name}{suffix}", what="--name", inputs=arguments.inputs_of(args))
     setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
     if args.experiment in HELD_OUT and args.num > len(setup.heldout):
         raise ValueError(f"--num {args.num} is more than the {len(setup.heldout)} held-out images")
-    steps, T = getattr(args, "steps", ()), setup.schedule.num_timesteps
-    for S in steps if isinstance(steps, tuple) else (steps,):
-        if S > T:
-            raise ValueError(f"--steps {S} is more than the model's {T} diffusion steps")
+    arguments.check_steps(getattr(args, "steps", None), setup.schedule)
     cfg = setup.model.config
     if hasattr(args, "per_label"):
         arguments.check_sample_count(cfg.num_classes, args.per_label, (cfg.image_size, cfg.image_size, cfg.in_channels),
