@@ -92,9 +92,9 @@ def _nbgrader(course, *args):
 @pytest.mark.slow
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.stem)
 def test_nbgrader_gives_the_solution_full_marks_and_the_release_zero(solution, tmp_path):
-    """nbgrader's own pipeline with the shipped course configuration (nbgrader_config.py) and its
-    default settings, the 30 s per-cell timeout included: generate_assignment, then autograde
-    the untouched release and the solution; the scores are read from its gradebook."""
+    """nbgrader's own pipeline with the shipped course configuration (nbgrader_config.py: nbgrader's
+    defaults but a per-cell timeout of 120 s, a margin for shared grading machines): generate_assignment,
+    then autograde the untouched release and the solution; the scores are read from its gradebook."""
     pytest.importorskip("nbgrader")
     from nbgrader.api import Gradebook
 
