@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import classifier, data, evaluation, experiments, inversion, train
+from minidiff import classifier, data, evaluation, experiments, inversion, metrics, train
 from minidiff.experiments.__main__ import main
 from minidiff.experiments.diagnosis import LOSS_TIMESTEPS
 from tests.helpers import TINY_UNET, data_dir
@@ -127,3 +127,26 @@ def test_diagnosis_on_the_released_model(setup, tmp_path):
     # At t = 0, x0_pred is the sample the sampler returns: the last row and the final agree.
     assert trajectory["rows"][-1]["x0_pred_outside"] == pytest.approx(trajectory["final"]["outside"], abs=1e-6)
     assert (tmp_path / "diagnosis.json").exists() and (tmp_path / "diagnosis.png").exists()
+
+
+def test_unseen_floor_scores_real_digits_against_the_rest(setup):
+    scored, floor = evaluation.unseen_floor(setup, 200)
+    assert scored.reference.shape[0] == len(setup.heldout) - 200  # the floor's digits are not in the reference
+    expected = metrics.feature_fid(evaluation.reference_features(setup.judge, setup.heldout[:200]),
+                                              evaluation.reference_features(setup.judge, setup.heldout[200:]))
+    np.testing.assert_allclose(floor, expected)
+    assert floor < evaluation.unseen_floor(setup, 50)[1]  # FID's sample-size bias: fewer digits, a higher floor
+    with pytest.raises(ValueError, match="num must lie"):
+        evaluation.unseen_floor(setup, len(setup.heldout))
+
+
+def test_calibrated_runs_its_pieces_against_one_reference(setup, tmp_path, monkeypatch):
+    from minidiff.experiments import calibrated
+
+    monkeypatch.setattr(calibrated, "PIECES", {"table": dict(steps=(2,), etas=(0.0, 1.0), sigma_hat=False, seeds=2),
+                                               "cfg": dict(scales=(1.0,))})
+    result = calibrated.calibrated(setup, tmp_path, per_label=2, pieces=("table", "cfg"))
+    assert result["num_samples"] == 20 and result["reference_images"] == len(setup.heldout) - 20
+    assert result["real_floor"]["classifier_fid"] == evaluation.unseen_floor(setup, 20)[1]
+    assert [r["eta"] for r in result["table"]] == [0.0, 1.0] and len(result["cfg"]) == 1
+    assert json.loads((tmp_path / "calibrated.json").read_text())["real_floor"] == result["real_floor"]

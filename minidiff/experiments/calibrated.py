@@ -25,7 +25,7 @@ from minidiff.experiments.sampling import guidance_sweep, sampler_table
 PIECES = {  # name: what sampler_table or guidance_sweep runs
     "table": dict(steps=(10, 20, 50, 100), etas=(0.0, 1.0), sigma_hat=False, seeds=3),
     "cfg": dict(scales=(0.0, 1.0, 2.0, 3.0, 7.5)),
-    "classifier_guidance": dict(scales=(0.0, 1.0, 2.0, 5.0, 10.0)),
+    "classifier_guidance": dict(scales=(1.0, 2.0, 5.0, 10.0)),  # scale 0 is CFG w = 0: the unconditional model
     "table_etas": dict(steps=(10, 20, 50, 100), etas=(0.2, 0.5), sigma_hat=True, seeds=1),
     "table_1000": dict(steps=(1000,), etas=(0.0, 1.0), sigma_hat=False, seeds=1),
 }
