@@ -37,7 +37,7 @@ LAYERS = [
     ("tools", {"bench", "assignments", "experiments.common", "arguments"}),
     ("tools", {"experiments.sampling", "experiments.inversion", "experiments.reconstruction",
                "experiments.time_to_quality", "experiments.diagnosis", "experiments.prompts"}),
-    ("tools", {"experiments"}),
+    ("tools", {"experiments", "experiments.calibrated"}),  # calibrated: the course's scores, over sampling's sweeps
     ("tools", {"experiments.__main__", "cli"}),
     ("tools", {"__main__"}),
 ]
