@@ -343,6 +343,9 @@ def add_inversion_parser(sub, name: str) -> None:
                        help="caption model: the prompt to edit to (a word swap, or words added or removed)")
         p.add_argument("--reweight", type=arguments.reweight, action="append", default=None, metavar="WORD=FACTOR",
                        help="caption model: scale one word's cross-attention in the edit, e.g. bold=2 (repeatable)")
+        p.add_argument("--renormalise", action="store_true",
+                       help="caption model: renormalise each pixel's cross-attention over the tokens after "
+                            "--reweight (a shift of the word's logit by log FACTOR; P2P does not renormalise)")
         t = pipeline.TEXT_DEFAULT_CONTROL
         p.add_argument("--cross", type=arguments.probability, default=None,
                        help=f"caption model: fraction of the steps on which the edit takes the source's "
@@ -417,9 +420,11 @@ def run_inversion(args) -> None:
     editing = args.command == "edit"
     if args.guidance is None:
         args.guidance = pipeline.EDIT_GUIDANCE[cfg.conditioning]
+    if editing and args.renormalise and not args.reweight:
+        raise ValueError("--renormalise needs --reweight (it renormalises the reweighted maps)")
     if not text:
-        for flag in ("prompt", "to_prompt", "reweight"):
-            if getattr(args, flag, None) is not None:
+        for flag in ("prompt", "to_prompt", "reweight", "renormalise"):
+            if getattr(args, flag, None) not in (None, False):
                 raise ValueError(f"--{flag.replace('_', '-')} needs a caption model; this one is label-conditioned")
         if editing and args.to is None:
             raise ValueError("edit needs --to (the new label)")
@@ -456,7 +461,8 @@ def run_inversion(args) -> None:
     result = pipeline.invert_and_edit(
         model, models.schedule_of(meta), x0, source, method=args.method, guidance_scale=args.guidance,
         steps=args.steps, targets=targets, controller=controller, inner_steps=args.inner_steps, lr=args.lr,
-        fixed_point_iterations=args.fixed_point_iterations, reweight=dict(args.reweight or []) if editing else None)
+        fixed_point_iterations=args.fixed_point_iterations, reweight=dict(args.reweight or []) if editing else None,
+        renormalise=editing and args.renormalise)
     psnr = metrics.psnr(x0, result["reconstructions"])
     summary = f"{len(labels)} image(s), {args.method} inversion, w={args.guidance}: mean PSNR {psnr.mean():.2f} dB"
     if args.out.suffix == ".npz":

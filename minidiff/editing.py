@@ -93,12 +93,13 @@ class TokenControl:
     token_map: jax.Array  # (B, L) int32: token j of the edit prompt takes source token token_map[j]'s map
     token_weight: jax.Array  # (B, L) float32: 1 for tokens the prompts share, 0 for added words
     token_scale: jax.Array  # (B, L) float32: reweight factors, 1 elsewhere
+    normalise: jax.Array  # (B,) float32 in {0, 1}: 1 renormalises the reweighted maps over the tokens
 
     @classmethod
     def replace(cls, batch: int, length: int) -> "TokenControl":
         """A word swap's control: every token takes its own position's source map, unscaled."""
         return cls(jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)),
-                   jnp.ones((batch, length)), jnp.ones((batch, length)))
+                   jnp.ones((batch, length)), jnp.ones((batch, length)), jnp.zeros((batch,)))
 
 
 @partial(jax.jit, static_argnames=("pin_source",))
@@ -118,7 +119,7 @@ def _lockstep(fn, s, x_T, ts, ts_prev, w, source_emb, target_emb, null_embs, tar
         attention = is_edit * (i < counts[0])  # (4B,)
         features = levels[:, None] * (is_edit * (i < counts[1]))[None, :]  # (levels, 4B)
         cross = None if tokens is None else (is_cond_edit * (i < counts[3]), tokens.token_map,
-                                             tokens.token_weight, tokens.token_scale)
+                                             tokens.token_weight, tokens.token_scale, tokens.normalise)
         edit_emb = jnp.where(i < counts[2], source_emb, target_emb)
         emb = jnp.concatenate([source_emb, edit_emb, null_embs[i], null_embs[i]])  # (4B, D) or (4B, L, D)
         t4 = jnp.full((4 * B,), t)

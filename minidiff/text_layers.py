@@ -32,13 +32,18 @@ class CrossControl:
     Sec. 3.2). Row b's maps M_b (heads, N, L) become, with S = the maps of row source[b]
     (Control.source),
 
-        M_b <- M_b + on[b] * (((a * S[..., map] + (1 - a) * M_b) * scale) - M_b),
-        a = token_weight[b], map = token_map[b], scale = token_scale[b], all (L,) over tokens:
+        M_b <- M_b + on[b] * (C_b - M_b),   C_b = (a * S[..., map] + (1 - a) * M_b) * scale,
+        a = token_weight[b], map = token_map[b], scale = token_scale[b], all (L,) over tokens,
+
+    and with token_normalise[b] = 1, C_b divided by its sum over the tokens:
 
     - word swap (P2P's AttentionReplace): map = identity, a = 1: the source's maps for every token;
     - refine (AttentionRefine, added words): map[j] = the source token that token j aligns with,
       a[j] = 1 for tokens the prompts share and 0 for new ones, which keep their own maps;
-    - reweight (AttentionReweight): scale[j] = c for the reweighted word, 1 elsewhere.
+    - reweight (AttentionReweight): scale[j] = c for the reweighted word, 1 elsewhere. P2P does
+      not renormalise, so a factor c > 1 adds weight (a word with share p gets c p, the others
+      keep theirs); renormalised, it is a shift of that word's softmax logit by log c (its share
+      becomes c p / (1 + (c - 1) p), the others' shrink in proportion).
     Row b is left alone when on[b] = 0 (the source rows and the unconditional rows).
     """
 
@@ -46,6 +51,7 @@ class CrossControl:
     token_map: jax.Array  # (B, L) int32: the source token whose map token j takes
     token_weight: jax.Array  # (B, L) float32 in [0, 1]: how much of it (refine's alphas)
     token_scale: jax.Array  # (B, L) float32: reweight factors (1: unchanged)
+    token_normalise: jax.Array  # (B,) float32 in {0, 1}: whether row b's weights are renormalised
 
 
 def control_cross_attention(probs: jax.Array, source: jax.Array, control: CrossControl) -> jax.Array:
@@ -53,6 +59,8 @@ def control_cross_attention(probs: jax.Array, source: jax.Array, control: CrossC
     base = jnp.take_along_axis(probs[source], control.token_map[:, None, None, :], axis=-1)  # (B, h, N, L)
     a = control.token_weight[:, None, None, :].astype(probs.dtype)  # (B, 1, 1, L)
     controlled = (a * base + (1.0 - a) * probs) * control.token_scale[:, None, None, :]
+    normalise = control.token_normalise[:, None, None, None].astype(probs.dtype)
+    controlled = controlled + normalise * (controlled / jnp.sum(controlled, -1, keepdims=True) - controlled)
     return probs + control.on[:, None, None, None].astype(probs.dtype) * (controlled - probs)
 
 

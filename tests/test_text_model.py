@@ -37,7 +37,7 @@ def test_the_prompt_is_read_and_the_maps_recorded_are_those_used(tiny):
     # Row 1 takes row 0's cross-attention maps: row 0's are its plain forward pass's, row 1's equal them.
     L = captions.TEXT_LENGTH
     cross = CrossControl(jnp.array([0.0, 1.0, 0.0]), jnp.tile(jnp.arange(L), (3, 1)), jnp.ones((3, L)),
-                         jnp.ones((3, L)))
+                         jnp.ones((3, L)), jnp.zeros(3))
     control = Control(jnp.array([0, 0, 2]), jnp.zeros(3), jnp.zeros((2, 3)), cross)
     out, taken = model(x0, t, tokens, control=control, return_maps=True)
     for mine, used in zip(maps.cross, taken.cross):
@@ -132,3 +132,22 @@ def test_word_maps_are_each_tokens_share_of_the_attention(tiny):
     with pytest.raises(ValueError, match="need a caption model"):
         from tests.helpers import TINY_UNET
         word_maps.cross_attention_maps(randomised_unet(TINY_UNET), np.zeros((1, 1, 28, 28, 1)), [5], [1])
+
+
+def test_renormalised_reweight_is_a_logit_shift():
+    """Renormalised, a factor c on a word with share p gives it c p / (1 + (c - 1) p) and scales
+    the other tokens' shares by 1 / (1 + (c - 1) p); without it, P2P's c p and the rest unchanged."""
+    from minidiff.text_layers import control_cross_attention
+
+    probs = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (2, 1, 5, 4)), axis=-1)  # (B, h, N, L)
+    c, j = 3.0, 2
+    scale = jnp.ones((2, 4)).at[:, j].set(c)
+    control = lambda normalise: CrossControl(jnp.ones(2), jnp.tile(jnp.arange(4), (2, 1)), jnp.zeros((2, 4)),
+                                             scale, jnp.array([0.0, 1.0]) * normalise)
+    out = control_cross_attention(probs, jnp.arange(2), control(1.0))
+    p = probs[1, ..., j]
+    np.testing.assert_allclose(out[1, ..., j], c * p / (1 + (c - 1) * p), rtol=1e-5)
+    np.testing.assert_allclose(np.sum(out[1], -1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out[0], probs[0] * scale[0], rtol=1e-6)  # row 0 is not renormalised
+    np.testing.assert_allclose(control_cross_attention(probs, jnp.arange(2), control(0.0)), probs * scale[:, None, None],
+                               rtol=1e-6)

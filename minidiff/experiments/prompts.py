@@ -33,14 +33,19 @@ STYLE_COMBINATIONS = [" ".join(w for w in pair if w) for pair in
 # The tercile (0 lowest, 2 highest) of its attribute that each style word names (captions.py).
 WORD_TERCILE = {"thin": ("thickness", 0), "bold": ("thickness", 2),
                 "right-leaning": ("slant", 0), "left-leaning": ("slant", 2)}
-# The controllers `python -m minidiff.experiments word-swap` compares (pipeline.controller_for's arguments).
+# The controllers `python -m minidiff.experiments word-swap` compares (pipeline.controller_for's
+# arguments). P2P's own (cross-attention replace, self-attention), then the prompt switch: the
+# source prompt for the first part of the steps, the edit following the reconstruction that long.
+# (Feature injection at 14x14 or 28x28 is the prompt switch on this model: the full-resolution
+# blocks read no prompt, see pipeline.feature_levels.)
 TEXT_EDIT_SWEEP = {
     "no control": {},
     "cross-attention 0.8": {"cross": 0.8},
     "self-attention 0.4": {"attention": 0.4},
     "cross 0.8 + self 0.4 (P2P)": {"cross": 0.8, "attention": 0.4},
-    "cross 0.8 + self 0.4 + features 0.2 (28x28)": {"cross": 0.8, "attention": 0.4, "features": 0.2, "levels": (-1,)},
-    "cross 0.8 + self 1.0 + features 0.4 (28x28)": {"cross": 0.8, "attention": 1.0, "features": 0.4, "levels": (-1,)},
+    "prompt switch 0.2": {"source_label": 0.2},
+    "prompt switch 0.3 + self 1.0": {"source_label": 0.3, "attention": 1.0},
+    "prompt switch 0.4 + self 1.0": {"source_label": 0.4, "attention": 1.0},
 }
 
 
@@ -109,9 +114,10 @@ def save_word_maps(setup: Setup, terciles: dict, out_dir, num: int = 4, steps: i
 
 def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: float = 7.5, steps: int = 50,
               batch: int = 50, controls: dict | None = None, reweight_factors=(0.5, 1.0, 2.0, 4.0),
-              reweight_control: dict | None = None) -> dict:
+              reweight_control: dict | None = None, renormalise: bool = False) -> dict:
     """Null-text inversion of the first num held-out digits under their own captions, then the
-    word swap under each controller and the thickness word reweighted (module docstring)."""
+    word swap under each controller and the thickness word reweighted (module docstring), as
+    P2P does (renormalise False) or with each pixel's weights renormalised over the tokens."""
     model, s = setup.model, setup.schedule
     controls = TEXT_EDIT_SWEEP if controls is None else controls
     x0, labels = setup.heldout[:num], setup.heldout_labels[:num]
@@ -144,7 +150,7 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
               "rows": [], "reweight": []}
     fn = pipeline.unet_controlled_fn(model, s)
 
-    def run(tgt, controller, reweight=None, rows=None):
+    def run(tgt, controller, reweight=None, rows=None, renormalise=False):
         """Edits to prompts tgt (num, L), of every digit or only of `rows` (indices)."""
         outs = []
         for inv, b in zip(invs, batches):
@@ -153,7 +159,7 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
                 continue
             if rows is not None:  # the inversion of these rows alone
                 inv = inv.take(index - b.start)
-            tokens = pipeline.token_control(source[index], tgt[index], reweight)
+            tokens = pipeline.token_control(source[index], tgt[index], reweight, renormalise)
             outs.append(np.asarray(editing.edit(fn, s, inv, ts, guidance, model.embed(source[index]),
                                                 model.embed(tgt[index]), controller, tokens)[1]))
         return np.concatenate(outs)
@@ -181,10 +187,10 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
         has = np.flatnonzero(np.any(source == captions.TOKEN[word], axis=1))
         if len(has) == 0:
             continue
-        row = {"word": word, "num_images": int(len(has)), "control": reweight_control,
+        row = {"word": word, "num_images": int(len(has)), "control": reweight_control, "renormalise": renormalise,
                "source_thickness": float(thickness(x0[has])[:, 0].mean()), "factors": []}
         for factor in reweight_factors:
-            edits = run(source, controller, {word: factor}, rows=has)
+            edits = run(source, controller, {word: factor}, rows=has, renormalise=renormalise)
             row["factors"].append({"factor": factor, "mean_thickness": float(thickness(edits)[:, 0].mean()),
                                    "accuracy": judge(edits, labels[has])})
             pictures.append(edits[:8])
@@ -192,8 +198,9 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
         save_json(out_dir, "word_swap", result)
         log_row(row)
     if pictures:
-        plotting.save_grid(out_dir / "reweight.png", np.clip(np.concatenate(pictures), -1, 1), 8,
+        plotting.save_grid(out_dir / ("reweight_renormalised.png" if renormalise else "reweight.png"), np.clip(np.concatenate(pictures), -1, 1), 8,
                            row_labels=[f"{w} x{f:g}" for w in captions.THICKNESS_WORDS
                                        if np.any(source == captions.TOKEN[w]) for f in reweight_factors],
-                           title="reweighting the thickness word of each digit's own caption")
+                           title="reweighting the thickness word of each digit's own caption"
+                                 + (", renormalised" if renormalise else ""))
     return result
