@@ -37,7 +37,7 @@ class LogProbFn(Protocol):
 class EmbEpsFn(Protocol):
     """eps_theta(x_t, t, emb) -> eps (B, H, W, C): the noise predictor conditioned on a class
     embedding vector emb (B, D) instead of a label, so that null-class inversion can optimise
-    the embedding (Mokady et al. 2022, Algorithm 1)."""
+    the embedding (Mokady et al. 2023, Algorithm 1)."""
 
     def __call__(self, x_t: jax.Array, t: jax.Array, emb: jax.Array) -> jax.Array: ...
 

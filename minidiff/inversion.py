@@ -17,7 +17,7 @@ to x_T. Sampling back from that x_T with the same eps_fn reconstructs x_0 only
 as well as eps(x_t, t_next) approximates eps(x_{t_next}, t_next), and under strong classifier-free
 guidance each step's small error is multiplied by w, so reconstructions drift.
 
-Null-class inversion is the class-label analogue of null-text inversion (Mokady et al. 2022,
+Null-class inversion is the class-label analogue of null-text inversion (Mokady et al. 2023,
 "Null-text Inversion for Editing Real Images using Guided Diffusion Models", Algorithm 1):
 
     1. Invert with w = 1 (plain conditional DDIM): the pivot trajectory z*_0 = x_0, ..., z*_T.
@@ -167,7 +167,7 @@ def null_class_inversion(emb_eps_fn: EmbEpsFn, s: Schedule, x0, timesteps, cond_
     """Null-class inversion of images x0 (B, H, W, C) with label embeddings cond_emb (B, D).
 
     null_emb (D,) initialises every image's null embedding (the learned null row). Follows
-    Mokady et al. 2022, Algorithm 1: Adam with a learning rate decaying as (1 - i / 100) at
+    Mokady et al. 2023, Algorithm 1: Adam with a learning rate decaying as (1 - i / 100) at
     outer step i, early stop once the loss is below 1e-5 + 2e-5 i. Deviations, and why
     (the measurements behind them: docs/results.md, "Inversion"):
     - lr is relative to the scale of the embedding: Adam moves each entry by about its step

@@ -206,7 +206,7 @@ def ddim_inverse_step(
     """One DDIM inversion step x_t -> x_{t_next}, t_next > t (t = -1 means x_t is x_0).
 
     The deterministic DDIM update (eta = 0) run the other way (Song et al. 2021, Sec. 4.3;
-    Dhariwal & Nichol 2021, Appendix F; Mokady et al. 2022, Eq. 3):
+    Dhariwal & Nichol 2021, Appendix F; Mokady et al. 2023, Eq. 3):
 
         x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
         x_next  = sqrt(alpha_bar_next) x0_pred + sqrt(1 - alpha_bar_next) eps

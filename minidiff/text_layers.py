@@ -51,7 +51,9 @@ class CrossControl:
     token_map: jax.Array  # (B, L) int32: the source token whose map token j takes
     token_weight: jax.Array  # (B, L) float32 in [0, 1]: how much of it (refine's alphas)
     token_scale: jax.Array  # (B, L) float32: reweight factors (1: unchanged)
-    token_normalise: jax.Array  # (B,) float32 in {0, 1}: whether row b's weights are renormalised
+    # (B,) float32 in {0, 1}, or one value for every row: whether row b's weights are renormalised.
+    # Off by default, as in the paper.
+    token_normalise: jax.Array | float = 0.0
 
 
 def control_cross_attention(probs: jax.Array, source: jax.Array, control: CrossControl) -> jax.Array:
@@ -59,7 +61,7 @@ def control_cross_attention(probs: jax.Array, source: jax.Array, control: CrossC
     base = jnp.take_along_axis(probs[source], control.token_map[:, None, None, :], axis=-1)  # (B, h, N, L)
     a = control.token_weight[:, None, None, :].astype(probs.dtype)  # (B, 1, 1, L)
     controlled = (a * base + (1.0 - a) * probs) * control.token_scale[:, None, None, :]
-    normalise = control.token_normalise[:, None, None, None].astype(probs.dtype)
+    normalise = jnp.reshape(jnp.asarray(control.token_normalise, probs.dtype), (-1, 1, 1, 1))  # (B or 1, 1, 1, 1)
     controlled = controlled + normalise * (controlled / jnp.sum(controlled, -1, keepdims=True) - controlled)
     return probs + control.on[:, None, None, None].astype(probs.dtype) * (controlled - probs)
 

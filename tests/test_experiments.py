@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from minidiff import classifier, data, evaluation, experiments, inversion, metrics, train
+from minidiff import checkpoint, classifier, data, evaluation, experiments, inversion, metrics, models, train
 from minidiff.experiments.__main__ import main
 from minidiff.experiments.diagnosis import LOSS_TIMESTEPS
 from tests.helpers import TINY_UNET, data_dir
@@ -150,3 +150,26 @@ def test_calibrated_runs_its_pieces_against_one_reference(setup, tmp_path, monke
     assert result["real_floor"]["classifier_fid"] == evaluation.unseen_floor(setup, 20)[1]
     assert [r["eta"] for r in result["table"]] == [0.0, 1.0] and len(result["cfg"]) == 1
     assert json.loads((tmp_path / "calibrated.json").read_text())["real_floor"] == result["real_floor"]
+
+
+@pytest.mark.slow
+def test_word_swap_measures_both_reweights(tmp_path):
+    """The caption model's word swap on 6 digits (the sixth is the first held-out digit whose caption
+    has a thickness word): a row per controller, and that word reweighted as P2P does and
+    renormalised, where factor 1 is the plain edit either way."""
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    ckpt = "data/checkpoints/mnist_text.npz"
+    text_setup = evaluation.load_setup(ckpt, data_dir=data_dir())
+    terciles = models.captions_of(checkpoint.read_metadata(ckpt), ckpt)
+    controls = {"none": {}, "switch": {"source_label": 0.3}}
+    result = experiments.word_swap(text_setup, terciles, tmp_path, num=6, steps=4, batch=6, controls=controls,
+                                   reweight_factors=(1.0, 4.0))
+    assert [r["controller"] for r in result["rows"]] == list(controls)
+    plain, renormalised = ([r for r in result["reweight"] if r["renormalise"] == flag] for flag in (False, True))
+    assert [r["word"] for r in plain] == [r["word"] for r in renormalised] and plain
+    for a, b in zip(plain, renormalised):
+        assert a["factors"][0] == pytest.approx(b["factors"][0])  # factor 1: nothing to renormalise
+        assert a["factors"][1]["mean_thickness"] != pytest.approx(b["factors"][1]["mean_thickness"])
+    assert {"word_swap.json", "word_swap.png", "reweight.png", "reweight_renormalised.png"} <= {
+        p.name for p in tmp_path.iterdir()}

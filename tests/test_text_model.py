@@ -136,7 +136,7 @@ def test_word_maps_are_each_tokens_share_of_the_attention(tiny):
 
 def test_renormalised_reweight_is_a_logit_shift():
     """Renormalised, a factor c on a word with share p gives it c p / (1 + (c - 1) p) and scales
-    the other tokens' shares by 1 / (1 + (c - 1) p); without it, P2P's c p and the rest unchanged."""
+    the other tokens' shares by 1 / (1 + (c - 1) p); without it (the default), P2P's c p and the rest unchanged."""
     from minidiff.text_layers import control_cross_attention
 
     probs = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (2, 1, 5, 4)), axis=-1)  # (B, h, N, L)
@@ -150,4 +150,7 @@ def test_renormalised_reweight_is_a_logit_shift():
     np.testing.assert_allclose(np.sum(out[1], -1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out[0], probs[0] * scale[0], rtol=1e-6)  # row 0 is not renormalised
     np.testing.assert_allclose(control_cross_attention(probs, jnp.arange(2), control(0.0)), probs * scale[:, None, None],
+                               rtol=1e-6)
+    paper = CrossControl(jnp.ones(2), jnp.tile(jnp.arange(4), (2, 1)), jnp.zeros((2, 4)), scale)  # left out: P2P's
+    np.testing.assert_allclose(control_cross_attention(probs, jnp.arange(2), paper), probs * scale[:, None, None],
                                rtol=1e-6)

@@ -77,13 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("word-swap", "caption model: null-text inversion, the digit word swapped under each P2P controller, "
                          "and the thickness word reweighted")
     p.add_argument("--num", type=count, default=100, help="held-out images")
-    p.add_argument("--guidance", type=finite_float, default=7.5)
+    p.add_argument("--guidance", type=finite_float, default=pipeline.EDIT_GUIDANCE["text"],
+                   help="w of the inversion and the edits (default: edit's on a caption model)")
     p.add_argument("--steps", type=arguments.steps, default=50)
     p.add_argument("--batch", type=count, default=50)
     p.add_argument("--factors", type=finite_floats, default=(0.5, 1.0, 2.0, 4.0), help="reweight factors")
     p.add_argument("--no-reweight", action="store_true", help="only the word swaps")
-    p.add_argument("--renormalise", action="store_true",
-                   help="reweight with each pixel's weights renormalised over the tokens (P2P does not)")
     p.add_argument("--controllers", type=lambda t: tuple(t.split(";")), default=None,
                    help="semicolon-separated names of experiments.prompts.TEXT_EDIT_SWEEP (default all)")
     p = add("time-to-quality", "accuracy of a run's snapshots against its training wall time")
@@ -151,8 +150,7 @@ def run(args) -> None:
         else:
             experiments.word_swap(setup, terciles, out, num=args.num, guidance=args.guidance, steps=args.steps,
                                   batch=args.batch, controls=chosen(TEXT_EDIT_SWEEP, args.controllers),
-                                  reweight_factors=() if args.no_reweight else args.factors,
-                                  renormalise=args.renormalise)
+                                  reweight_factors=() if args.no_reweight else args.factors)
     elif args.experiment == "diagnosis":
         experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
                               name=args.name)

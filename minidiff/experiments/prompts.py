@@ -11,7 +11,8 @@ keep the writer's hand?
   and thickness (metrics.style_ratio) against two references: random samples of the target
   digit word alone, and random samples of the full target caption (which already name the
   source's style, so beating them shows what the maps add). Then P2P's reweight: the thickness
-  word of the digits whose caption has one, scaled by each factor (pipeline.REWEIGHT_CONTROL).
+  word of the digits whose caption has one, scaled by each factor (pipeline.REWEIGHT_CONTROL),
+  once as P2P does and once with each pixel's weights renormalised over the tokens.
 
 Both write their JSON after every row, so an interrupted run keeps what it finished.
 """
@@ -112,12 +113,12 @@ def save_word_maps(setup: Setup, terciles: dict, out_dir, num: int = 4, steps: i
         np.clip(samples, -1, 1), maps, captions.word_positions(prompts), f"samples, along their own trajectory (w = {guidance:g})"))
 
 
-def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: float = 7.5, steps: int = 50,
-              batch: int = 50, controls: dict | None = None, reweight_factors=(0.5, 1.0, 2.0, 4.0),
-              reweight_control: dict | None = None, renormalise: bool = False) -> dict:
+def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: float = pipeline.EDIT_GUIDANCE["text"],
+              steps: int = 50, batch: int = 50, controls: dict | None = None, reweight_factors=(0.5, 1.0, 2.0, 4.0),
+              reweight_control: dict | None = None) -> dict:
     """Null-text inversion of the first num held-out digits under their own captions, then the
     word swap under each controller and the thickness word reweighted (module docstring), as
-    P2P does (renormalise False) or with each pixel's weights renormalised over the tokens."""
+    P2P does and with each pixel's weights renormalised over the tokens."""
     model, s = setup.model, setup.schedule
     controls = TEXT_EDIT_SWEEP if controls is None else controls
     x0, labels = setup.heldout[:num], setup.heldout_labels[:num]
@@ -182,25 +183,27 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
     reweight_control = dict(pipeline.REWEIGHT_CONTROL if reweight_control is None else reweight_control)
     controller = pipeline.controller_for(model, **reweight_control)
     thickness = captions.style_attributes
-    pictures = []
-    for word in captions.THICKNESS_WORDS if len(reweight_factors) else ():
-        has = np.flatnonzero(np.any(source == captions.TOKEN[word], axis=1))
-        if len(has) == 0:
-            continue
-        row = {"word": word, "num_images": int(len(has)), "control": reweight_control, "renormalise": renormalise,
-               "source_thickness": float(thickness(x0[has])[:, 0].mean()), "factors": []}
-        for factor in reweight_factors:
-            edits = run(source, controller, {word: factor}, rows=has, renormalise=renormalise)
-            row["factors"].append({"factor": factor, "mean_thickness": float(thickness(edits)[:, 0].mean()),
-                                   "accuracy": judge(edits, labels[has])})
-            pictures.append(edits[:8])
-        result["reweight"].append(row)
-        save_json(out_dir, "word_swap", result)
-        log_row(row)
-    if pictures:
-        plotting.save_grid(out_dir / ("reweight_renormalised.png" if renormalise else "reweight.png"), np.clip(np.concatenate(pictures), -1, 1), 8,
-                           row_labels=[f"{w} x{f:g}" for w in captions.THICKNESS_WORDS
-                                       if np.any(source == captions.TOKEN[w]) for f in reweight_factors],
-                           title="reweighting the thickness word of each digit's own caption"
-                                 + (", renormalised" if renormalise else ""))
+    words = [w for w in captions.THICKNESS_WORDS if len(reweight_factors) and np.any(source == captions.TOKEN[w])]
+    for renormalise in (False, True):  # P2P's reweight, then each pixel's weights renormalised over the tokens
+        pictures = []
+        for word in words:
+            has = np.flatnonzero(np.any(source == captions.TOKEN[word], axis=1))
+            row = {"word": word, "num_images": int(len(has)), "control": reweight_control,
+                   "renormalise": renormalise, "source_thickness": float(thickness(x0[has])[:, 0].mean()),
+                   "factors": []}
+            for factor in reweight_factors:
+                edits = run(source, controller, {word: factor}, rows=has, renormalise=renormalise)
+                row["factors"].append({"factor": factor, "mean_thickness": float(thickness(edits)[:, 0].mean()),
+                                       "accuracy": judge(edits, labels[has])})
+                shown = edits[:8]  # one row of 8 per factor; grey tiles where fewer digits carry the word
+                pictures.append(np.concatenate([shown, np.zeros((8 - len(shown), *shown.shape[1:]), shown.dtype)]))
+            result["reweight"].append(row)
+            save_json(out_dir, "word_swap", result)
+            log_row(row)
+        if pictures:
+            plotting.save_grid(out_dir / ("reweight_renormalised.png" if renormalise else "reweight.png"),
+                               np.clip(np.concatenate(pictures), -1, 1), 8,
+                               row_labels=[f"{w} x{f:g}" for w in words for f in reweight_factors],
+                               title="each caption's thickness word reweighted"
+                                     + (", renormalised" if renormalise else " as P2P does"))
     return result
