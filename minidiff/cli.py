@@ -57,18 +57,30 @@ def add_train_parser(sub) -> None:
                         "prompts ('bold right-leaning seven') are computed from each digit's handwriting "
                         "and read through cross-attention (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    many = p.add_argument_group("many processes (JAX's multi-controller runtime; README, \"On many machines\")")
+    many.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                      help="process 0's address, the same in every process (or $JAX_COORDINATOR_ADDRESS)")
+    many.add_argument("--num-processes", type=arguments.positive_int, default=None, metavar="P",
+                      help="how many processes train together")
+    many.add_argument("--process-id", type=arguments.nonnegative_int, default=None, metavar="I",
+                      help="this process, 0..P-1; process 0 alone writes the run directory")
+    many.add_argument("--distributed", action="store_true",
+                      help="leave the three above to JAX's cluster detection (SLURM, TPU pods, Open MPI)")
 
 
 def run_train(args) -> None:
-    from minidiff import train
+    from minidiff import distributed, train
     from minidiff.unet import UNetConfig
 
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     cfg = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if args.conditioning == "text" and args.dataset != "mnist":
         raise ValueError(f"--conditioning text needs --dataset mnist (its captions describe handwritten "
                          f"digits), got {args.dataset}")
-    run_dir = check_output_folder(args.out or Path("runs") / args.dataset, what="--out")  # before the data
+    run_dir = args.out or Path("runs") / args.dataset
+    if distributed.is_main():  # the others never write into the run directory, not even a test write
+        check_output_folder(run_dir, what="--out")  # before the data
     if (run_dir / "model.npz").exists() and not (run_dir / "ckpt.npz").exists():
         raise ValueError(f"--out {run_dir} holds a model.npz but no ckpt.npz to resume from: training would "
                          "overwrite a model it did not make; give another run directory")
@@ -86,7 +98,7 @@ def run_train(args) -> None:
     print(f"{train.describe(unet_cfg)}; {len(images)} training images; run dir {run_dir} "
           f"(starting at step {trainer.step})")
     records = trainer.run(progress=not args.no_progress)
-    if records:
+    if records and trainer.writes:
         r = records[-1]
         print(f"done: step {r['step']}, loss {r['loss']:.4f}, {r['elapsed'] / 60:.1f} min of training; "
               f"weights in {run_dir / 'model.npz'}")

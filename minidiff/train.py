@@ -10,8 +10,11 @@ Reproducibility: the batch at step k and the noise at step k are functions of (s
 alone, so a run killed at any point and resumed from its last checkpoint ends with exactly
 the parameters of an uninterrupted run.
 
-Data parallelism: the batch is split over all local devices along a 'data' mesh axis and the
-weights are replicated; XLA inserts the gradient all-reduce. One device is the same code.
+Data parallelism: the batch is split over every device along a 'data' mesh axis and the
+weights are replicated; XLA inserts the gradient all-reduce. One device, N local devices and P
+processes under JAX's multi-controller runtime (minidiff/distributed.py) are the same code: each
+process builds the same global batch indices, feeds its own rows, and process 0 alone writes the
+run directory.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from minidiff import captions, checkpoint, data, diffusion, models, pipeline, plotting, schedules
+from minidiff import captions, checkpoint, data, diffusion, distributed, models, pipeline, plotting, schedules
 from minidiff.files import RunLock, atomic_write, remove_temporaries
 from minidiff.unet import UNetConfig, count_params
 
@@ -173,13 +176,9 @@ def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: Train
     return {"params": params, "ema": ema, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
 
-def data_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over all local devices, axis 'data'."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 class Trainer:
-    """Owns a run directory: ckpt.npz (full state), model.npz (EMA weights), log.jsonl, PNGs."""
+    """Owns a run directory: ckpt.npz (full state), model.npz (EMA weights), log.jsonl, PNGs.
+    Under several processes every one trains and reads the checkpoint, and process 0 alone writes."""
 
     def __init__(self, unet_cfg: UNetConfig, cfg: TrainConfig, run_dir, images=None, labels=None):
         self.unet_cfg, self.cfg, self.run_dir = unet_cfg, cfg, Path(run_dir)
@@ -195,11 +194,13 @@ class Trainer:
             self.terciles = captions.fit_terciles(self.images, self.labels, unet_cfg.num_classes)
             self.labels = captions.caption_words(self.images, self.labels, self.terciles)
         self.schedule = schedules.make_schedule(cfg.schedule, cfg.T)
-        mesh = data_mesh()
+        mesh = distributed.data_mesh()
         if cfg.batch_size % mesh.size:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {mesh.size} devices")
         self.batch_sharding = NamedSharding(mesh, P("data"))
         self.replicated = NamedSharding(mesh, P())
+        self.rows = distributed.local_rows(self.batch_sharding, cfg.batch_size)  # this process's rows of a batch
+        self.writes = distributed.is_main()  # process 0 alone writes the run directory
         self.graphdef, state = init_state(unet_cfg, cfg)
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
         self.state = jax.device_put(state, self.replicated)
@@ -219,7 +220,9 @@ class Trainer:
         return meta if self.terciles is None else dict(meta, captions=self.terciles)
 
     def save(self) -> None:
-        """Full state to ckpt.npz and the EMA weights to model.npz, each atomically."""
+        """Full state to ckpt.npz and the EMA weights to model.npz, each atomically (process 0)."""
+        if not self.writes:
+            return
         meta = self._metadata()
         checkpoint.save_checkpoint(self.ckpt_path, self.state, dict(meta, kind="train_state"))
         models.save_model(self.run_dir / "model.npz", self.ema_model(), meta)
@@ -278,7 +281,10 @@ class Trainer:
 
         Holds the run directory's lock throughout (a second process on it is refused with
         files.RunDirectoryLocked), first removing what a killed run left: temporary files and
-        log records past the checkpoint."""
+        log records past the checkpoint. Under several processes, process 0 holds the lock and
+        tidies; the others only read."""
+        if not self.writes:
+            return self._train(progress=False)
         with RunLock(self.run_dir):
             if self.ckpt_path.exists() and checkpoint.read_metadata(self.ckpt_path).get("step") != self.step:
                 self._load()  # another process trained on since this Trainer was made
@@ -299,9 +305,9 @@ class Trainer:
         pending, since = [], time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
         for step in range(self.step, cfg.steps):
-            idx = data.batch_indices(step, len(self.images), cfg.batch_size, cfg.seed)
-            x0 = jax.device_put(self.images[idx], self.batch_sharding)  # (B, H, W, C)
-            y = jax.device_put(self.labels[idx], self.batch_sharding)  # (B,)
+            idx = data.batch_indices(step, len(self.images), cfg.batch_size, cfg.seed)[self.rows]  # this process's
+            x0 = distributed.global_batch(self.batch_sharding, self.images[idx], cfg.batch_size)  # (B, H, W, C)
+            y = distributed.global_batch(self.batch_sharding, self.labels[idx], cfg.batch_size)  # (B,)
             key = jax.random.fold_in(base_key, step)
             self.state, loss = train_step(self.state, x0, y, key, self.schedule,
                                           graphdef=self.graphdef, cfg=cfg, unet_cfg=self.unet_cfg)
@@ -328,11 +334,13 @@ class Trainer:
                       "images_per_s": round(len(losses) * cfg.batch_size / (now - since), 1)}
             since = now
             records.append(record)
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
             bar.update(len(losses))
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=record["images_per_s"])
             pending = []
+            if not self.writes:
+                continue
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
             if save_ckpt:
                 self.save()
             if snapshot:

@@ -27,7 +27,7 @@ LAYERS = [
     ("networks", {"layers"}),
     ("networks", {"text_layers"}),
     ("networks", {"unet", "classifier"}),
-    ("files, data and numbers", {"files", "metrics", "xla_flags"}),
+    ("files, data and numbers", {"files", "metrics", "xla_flags", "distributed"}),
     ("files, data and numbers", {"checkpoint", "data", "captions"}),
     ("files, data and numbers", {"plotting"}),
     ("models and training", {"models"}),
