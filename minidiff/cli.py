@@ -72,6 +72,10 @@ def run_train(args) -> None:
     from minidiff import distributed, train
     from minidiff.unet import UNetConfig
 
+    if distributed.requested(args.coordinator_address, args.num_processes, args.process_id, args.distributed):
+        who = "" if None in (args.process_id, args.num_processes) else f" (process {args.process_id} of {args.num_processes})"
+        print(f"joining the other processes{who} through the coordinator {args.coordinator_address or 'JAX finds'}; "
+              f"waiting up to {distributed.INITIALIZATION_TIMEOUT} s for all of them", flush=True)
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     cfg = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

@@ -25,7 +25,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-# Seconds without a heartbeat after which the runtime declares a process dead and stops the others
+# Seconds a process waits for all the others to connect to the coordinator (JAX's default: 300),
+INITIALIZATION_TIMEOUT = 300
+# seconds without a heartbeat after which the runtime declares a process dead and stops the others
 # (JAX's default is 100; heartbeats have their own thread, so a long step does not miss one), and
 # seconds a process waits for the others at shutdown (JAX's: 300).
 HEARTBEAT_TIMEOUT = 60
@@ -60,9 +62,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ValueError(f"--process-id must lie in 0..{num_processes - 1} (--num-processes {num_processes}), "
                          f"got {process_id}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs keep NCCL
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
-                               shutdown_timeout_seconds=SHUTDOWN_TIMEOUT)
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                   initialization_timeout=INITIALIZATION_TIMEOUT,
+                                   heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
+                                   shutdown_timeout_seconds=SHUTDOWN_TIMEOUT)
+    except ValueError as e:  # JAX found no cluster to fill in what was not given
+        raise ValueError(f"cannot start several processes: {e} Give --coordinator-address HOST:PORT, "
+                         "--num-processes and --process-id, or run under SLURM, on a TPU pod or under "
+                         "Open MPI, where JAX finds them") from None
     return True
 
 

@@ -202,3 +202,15 @@ def test_the_runtime_starts_only_when_asked(monkeypatch):
 def test_bad_process_flags_are_refused_before_starting(kwargs, message):
     with pytest.raises(ValueError, match=message):
         distributed.initialize(**kwargs)
+
+
+def test_no_cluster_to_detect_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES")}
+    out = subprocess.run([sys.executable, "-m", "minidiff", "train", "--distributed", "--steps", "1",
+                          "--out", str(tmp_path / "run")], env=dict(env, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "cannot start several processes" in out.stderr and "--coordinator-address HOST:PORT" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()  # nothing written before the runtime started
