@@ -93,7 +93,7 @@ def _nbgrader(course, *args):
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.stem)
 def test_nbgrader_gives_the_solution_full_marks_and_the_release_zero(solution, tmp_path):
     """nbgrader's own pipeline with the shipped course configuration (nbgrader_config.py: nbgrader's
-    defaults but a per-cell timeout of 120 s, a margin for shared grading machines): generate_assignment,
+    defaults but a per-cell timeout of 150 s, a margin for shared grading machines): generate_assignment,
     then autograde the untouched release and the solution; the scores are read from its gradebook."""
     pytest.importorskip("nbgrader")
     from nbgrader.api import Gradebook
