@@ -47,6 +47,10 @@ def add_train_parser(sub) -> None:
         value = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=value,
                        help=f"{kind.__name__} (default {value})")
+    p.add_argument("--snr-gamma", type=arguments.nonnegative_float, default=defaults.snr_gamma, metavar="GAMMA",
+                   help="Min-SNR-gamma loss weighting (Hang et al. 2023): each step's x_0 error weighted by "
+                        "min(SNR(t), GAMMA), for eps and v models alike; 5 is the usual value; 0 keeps the "
+                        "prediction's own loss (default %(default)s)")
     p.add_argument("--lr-schedule", choices=train.LR_SCHEDULES, default=defaults.lr_schedule,
                    help="after warm-up: cosine decay to 0 at --steps, or constant "
                    f"(default {defaults.lr_schedule})")

@@ -134,7 +134,7 @@ LOSS_WEIGHTINGS = ("eps", "v")
 
 
 def ddpm_loss(eps_fn: EpsFn, s: Schedule, x0: jax.Array, y: jax.Array | None, key: jax.Array,
-              weighting: str = "eps") -> jax.Array:
+              weighting: str = "eps", snr_gamma: float = 0.0) -> jax.Array:
     """The DDPM objective, averaged over pixels and the batch, t ~ U{0..T-1}, eps ~ N(0, I):
 
         "eps": L_simple (Ho et al. 2020, Eq. 14 and Algorithm 1)
@@ -143,6 +143,14 @@ def ddpm_loss(eps_fn: EpsFn, s: Schedule, x0: jax.Array, y: jax.Array | None, ke
                the eps it implies: eps_theta - eps = sqrt(alpha_bar_t) (v_theta - v)
                (eps_from_v), so it is L_simple weighted by 1 / alpha_bar_t = 1 + 1 / SNR(t),
                which weighs the x_0 error of the noisiest steps as much as the others.
+
+    snr_gamma > 0 replaces either weighting by Min-SNR-gamma (Hang et al. 2023, "Efficient
+    Diffusion Training via Min-SNR Weighting Strategy", w_t = min{SNR(t), gamma}): the x_0
+    error || x_0 - x0_theta ||^2 = || eps - eps_theta ||^2 / SNR(t) weighted by min(SNR(t), gamma),
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t). On the eps error that is min(SNR, gamma) / SNR: 1
+    (L_simple) at the noisy steps where SNR <= gamma, less at the clean ones, whose gradients the
+    paper finds in conflict with the noisy steps'. For a v-network it is the same loss,
+    diffusers' min(SNR, gamma) / (SNR + 1) on || v - v_theta ||^2.
 
     eps_fn(x_t, t, y) is the noise predictor (a v-network seen through eps_from_v).
     """
@@ -153,6 +161,10 @@ def ddpm_loss(eps_fn: EpsFn, s: Schedule, x0: jax.Array, y: jax.Array | None, ke
     eps = jax.random.normal(key_eps, x0.shape, x0.dtype)  # (B, H, W, C)
     x_t = q_sample(s, x0, t, eps)
     squared = (eps_fn(x_t, t, y) - eps) ** 2  # (B, H, W, C)
-    if weighting == "v":
-        squared = squared / per_example(s.alphas_cumprod, t, x0)
+    alpha_bar = per_example(s.alphas_cumprod, t, x0)
+    if snr_gamma > 0:
+        snr = alpha_bar / (1.0 - alpha_bar)
+        squared = squared * jnp.minimum(snr, snr_gamma) / snr
+    elif weighting == "v":
+        squared = squared / alpha_bar
     return jnp.mean(squared)

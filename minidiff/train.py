@@ -66,6 +66,7 @@ class TrainConfig:
     ckpt_every: int = 100  # steps between checkpoints
     sample_every: int = 500  # steps between sample grids (0: never)
     snapshot_every: int = 0  # steps between kept EMA snapshots snapshots/model_<step>.npz (0: never)
+    snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weighting (diffusion.ddpm_loss); 0: the prediction's own
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "T", "log_every", "ckpt_every"):
@@ -79,8 +80,9 @@ class TrainConfig:
         for name in ("lr", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a positive, finite number, got {getattr(self, name)}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("weight_decay", "snr_gamma"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.schedule not in schedules.SCHEDULES:
             raise ValueError(f"schedule must be one of {schedules.SCHEDULES}, got {self.schedule!r}")
         for name in ("p_uncond", "p_drop_word"):
@@ -143,13 +145,13 @@ def condition(key, y, cfg: TrainConfig, unet_cfg: UNetConfig, dropout: bool = Tr
     return jnp.where(jax.random.uniform(key, y.shape) < cfg.p_uncond, unet_cfg.num_classes, y)  # (B,)
 
 
-def _loss(params, x0, y, key, s, graphdef):
+def _loss(params, x0, y, key, s, graphdef, snr_gamma):
     """The DDPM loss of the network with these weights on one batch (labels already dropped, or
     a caption model's tokens): L_simple for an eps-prediction U-Net, the v loss for a
-    v-prediction one (diffusion.ddpm_loss)."""
+    v-prediction one, or Min-SNR-gamma for either when snr_gamma > 0 (diffusion.ddpm_loss)."""
     model = nnx.merge(graphdef, params)
     eps_fn = lambda x_t, t, labels: pipeline.as_eps(model, s, x_t, t, model(x_t, t, labels))
-    return diffusion.ddpm_loss(eps_fn, s, x0, y, key, weighting=model.config.prediction)
+    return diffusion.ddpm_loss(eps_fn, s, x0, y, key, weighting=model.config.prediction, snr_gamma=snr_gamma)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "unet_cfg"))
@@ -158,7 +160,8 @@ def weights_losses(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: T
     check that the weights about to be checkpointed are usable (an update can make them huge
     while the loss computed before it was still finite)."""
     y = condition(key, y, cfg, unet_cfg, dropout=False)
-    return _loss(state["params"], x0, y, key, s, graphdef), _loss(state["ema"], x0, y, key, s, graphdef)
+    return (_loss(state["params"], x0, y, key, s, graphdef, cfg.snr_gamma),
+            _loss(state["ema"], x0, y, key, s, graphdef, cfg.snr_gamma))
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "unet_cfg"), donate_argnums=(0,))
@@ -168,7 +171,7 @@ def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: Train
     key_drop, key_loss = jax.random.split(key)
     y = condition(key_drop, y, cfg, unet_cfg)  # (B,) labels or (B, L) tokens
 
-    loss, grads = jax.value_and_grad(_loss)(state["params"], x0, y, key_loss, s, graphdef)
+    loss, grads = jax.value_and_grad(_loss)(state["params"], x0, y, key_loss, s, graphdef, cfg.snr_gamma)
     updates, opt_state = make_optimizer(cfg).update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     decay = jnp.minimum(cfg.ema_decay, (1.0 + state["step"]) / (10.0 + state["step"]))
@@ -229,7 +232,9 @@ class Trainer:
 
     def _check_same_run(self, meta: dict) -> None:
         free = self.cfg.bookkeeping
-        saved = {k: v for k, v in meta["train"].items() if k not in free}
+        # A setting that the checkpoint's code did not have yet held the default's value then.
+        defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+        saved = {k: v for k, v in {**defaults, **meta["train"]}.items() if k not in free}
         wanted = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in free}))
         differ = [f"{k}: {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} now"
                   for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]

@@ -124,3 +124,40 @@ def test_v_loss_is_the_mean_squared_velocity_error():
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     with pytest.raises(ValueError, match="unknown loss weighting"):
         diffusion.ddpm_loss(eps_fn, S, x0, None, key, weighting="snr")
+
+
+@pytest.mark.parametrize("gamma", [0.5, 5.0])
+def test_min_snr_gamma_loss_is_the_clamped_x0_error_for_eps_and_v(gamma):
+    """Min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) || x_0 - x0_theta ||^2, by hand from the
+    linear schedule in float64 at the drawn t; for a v-network, diffusers' form
+    min(SNR, gamma) / (SNR + 1) || v - v_theta ||^2 is the same number."""
+    x0 = jax.random.uniform(jax.random.PRNGKey(0), (64, 4, 4, 1), minval=-1, maxval=1)
+    key = jax.random.PRNGKey(5)
+    key_t, key_eps = jax.random.split(key)  # the draws ddpm_loss makes
+    t = np.asarray(jax.random.randint(key_t, (64,), 0, 1000))
+    eps = jax.random.normal(key_eps, x0.shape)
+    x_t = diffusion.q_sample(S, x0, jnp.asarray(t), eps)
+    alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[t][:, None, None, None]
+    snr = alpha_bar / (1 - alpha_bar)
+    assert snr.min() < min(gamma, 1) and snr.max() > gamma  # the draws reach both sides of the clamp
+
+    eps_theta = lambda x, t_, y: 0.5 * x  # any network
+    x0_theta = (np.asarray(x_t) - np.sqrt(1 - alpha_bar) * np.asarray(eps_theta(x_t, t, None))) / np.sqrt(alpha_bar)
+    expected = np.mean(np.minimum(snr, gamma) * (np.asarray(x0) - x0_theta) ** 2)
+    got = float(diffusion.ddpm_loss(eps_theta, S, x0, None, key, snr_gamma=gamma))
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+    v_theta = lambda x, t_: 0.5 * x
+    eps_of_v = lambda x, t_, y: diffusion.eps_from_v(S, x, t_, v_theta(x, t_))
+    v = np.asarray(diffusion.v_from_eps(S, x0, jnp.asarray(t), eps))
+    expected_v = np.mean(np.minimum(snr, gamma) / (snr + 1) * (np.asarray(v_theta(x_t, t)) - v) ** 2)
+    got_v = float(diffusion.ddpm_loss(eps_of_v, S, x0, None, key, weighting="v", snr_gamma=gamma))
+    np.testing.assert_allclose(got_v, expected_v, rtol=1e-4)
+
+
+def test_min_snr_with_a_gamma_above_every_snr_is_l_simple():
+    x0 = jax.random.uniform(jax.random.PRNGKey(0), (16, 4, 4, 1), minval=-1, maxval=1)
+    eps_theta, key = (lambda x, t, y: 0.3 * x), jax.random.PRNGKey(2)
+    top = float(S.alphas_cumprod[0] / (1 - S.alphas_cumprod[0]))  # the largest SNR, at t = 0
+    np.testing.assert_allclose(float(diffusion.ddpm_loss(eps_theta, S, x0, None, key, snr_gamma=2 * top)),
+                               float(diffusion.ddpm_loss(eps_theta, S, x0, None, key)), rtol=1e-5)

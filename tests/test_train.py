@@ -180,9 +180,40 @@ def test_bad_settings_are_refused_by_name():
     for change, message in [({"grad_clip": -1.0}, "grad_clip"), ({"warmup_steps": -1}, "warmup_steps"),
                             ({"weight_decay": -0.1}, "weight_decay"), ({"lr": float("nan")}, "lr"),
                             ({"ckpt_every": 0}, "ckpt_every"), ({"log_every": 0}, "log_every"),
-                            ({"seed": 2**40}, "seed"), ({"schedule": "quadratic"}, "schedule")]:
+                            ({"seed": 2**40}, "seed"), ({"schedule": "quadratic"}, "schedule"),
+                            ({"snr_gamma": -1.0}, "snr_gamma"), ({"snr_gamma": float("inf")}, "snr_gamma")]:
         with pytest.raises(ValueError, match=message):
             train.TrainConfig(**change)
+
+
+def test_min_snr_gamma_reaches_the_training_loss(mnist_subset):
+    """TrainConfig.snr_gamma is the loss train_step and the checkpoint check compute: the same
+    number as diffusion.ddpm_loss with that gamma on the U-Net, and not the unweighted one."""
+    from minidiff import diffusion, pipeline, schedules
+    s = schedules.make_schedule("linear", 1000)
+    x0 = jax.numpy.asarray(data.to_model_range(mnist_subset[0][:64]))  # 64 draws of t: some with SNR > 5
+    y, key = jax.numpy.asarray(mnist_subset[1][:64], jax.numpy.int32), jax.random.PRNGKey(0)
+    losses = {}
+    for gamma in (0.0, 5.0):
+        cfg = train.TrainConfig(snr_gamma=gamma)
+        graphdef, state = train.init_state(TINY_UNET, cfg)
+        losses[gamma] = float(train.weights_losses(state, x0, y, key, s, graphdef=graphdef, cfg=cfg,
+                                                   unet_cfg=TINY_UNET)[0])
+    model = nnx.merge(graphdef, state["params"])
+    eps_fn = lambda x_t, t, labels: pipeline.as_eps(model, s, x_t, t, model(x_t, t, labels))
+    expected = float(diffusion.ddpm_loss(eps_fn, s, x0, y, key, weighting=TINY_UNET.prediction, snr_gamma=5.0))
+    assert losses[5.0] == pytest.approx(expected, rel=1e-5)
+    assert abs(losses[5.0] - losses[0.0]) > 1e-3 * losses[0.0]
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path, mnist_subset):
+    trainer = tiny_trainer(tmp_path, *mnist_subset, steps=2)
+    meta = json.loads(json.dumps(trainer._metadata()))  # as read back from the file
+    del meta["train"]["snr_gamma"]  # as written before --snr-gamma existed
+    trainer._check_same_run(meta)  # the default, 0, is what that code trained with
+    meta["train"]["snr_gamma"] = 5.0
+    with pytest.raises(ValueError, match=r"snr_gamma: 5\.0 in the checkpoint, 0\.0 now"):
+        trainer._check_same_run(meta)
 
 
 def test_a_resume_refusal_names_the_setting_that_differs(tmp_path, mnist_subset):
