@@ -162,9 +162,8 @@ def ddpm_loss(eps_fn: EpsFn, s: Schedule, x0: jax.Array, y: jax.Array | None, ke
     x_t = q_sample(s, x0, t, eps)
     squared = (eps_fn(x_t, t, y) - eps) ** 2  # (B, H, W, C)
     alpha_bar = per_example(s.alphas_cumprod, t, x0)
-    if snr_gamma > 0:
-        snr = alpha_bar / (1.0 - alpha_bar)
-        squared = squared * jnp.minimum(snr, snr_gamma) / snr
+    if snr_gamma > 0:  # min(SNR, gamma) / SNR, written so that SNR = 0 (alpha_bar_T = 0) gives 1, not 0 / 0
+        squared = squared * jnp.minimum(1.0, snr_gamma * (1.0 - alpha_bar) / alpha_bar)
     elif weighting == "v":
         squared = squared / alpha_bar
     return jnp.mean(squared)

@@ -161,3 +161,15 @@ def test_min_snr_with_a_gamma_above_every_snr_is_l_simple():
     top = float(S.alphas_cumprod[0] / (1 - S.alphas_cumprod[0]))  # the largest SNR, at t = 0
     np.testing.assert_allclose(float(diffusion.ddpm_loss(eps_theta, S, x0, None, key, snr_gamma=2 * top)),
                                float(diffusion.ddpm_loss(eps_theta, S, x0, None, key)), rtol=1e-5)
+
+
+def test_min_snr_is_finite_at_zero_terminal_snr():
+    """Where alpha_bar_t is 0 in float32 (a schedule near zero terminal SNR, Lin et al. 2024) the
+    weight is min(SNR, gamma) / SNR -> 1, so the loss stays finite instead of 0 / 0."""
+    betas = np.full(10, 1 - 1e-6)  # alpha_bar_t = 1e-6^(t+1): 0 in float32 from t = 7 on
+    s = schedules.schedule_from_betas(betas)
+    assert float(s.alphas_cumprod[-1]) == 0.0
+    x0 = jnp.zeros((256, 2, 2, 1))
+    loss = float(diffusion.ddpm_loss(lambda x, t, y: jnp.zeros_like(x), s, x0, None, jax.random.PRNGKey(0),
+                                     snr_gamma=5.0))
+    assert np.isfinite(loss) and 0 < loss <= 1.5
