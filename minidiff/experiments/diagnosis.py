@@ -84,17 +84,23 @@ def diagnosis(setup: Setup, out_dir, guidance=(1.0, 3.0), num: int = 1000, per_l
     """Both measurements, written to out_dir/NAME.json and NAME.png."""
     result = {"experiment": "diagnosis", "eps_loss": eps_loss_by_timestep(setup, num=num),
               "trajectories": [x0_pred_along_trajectory(setup, w, per_label=per_label) for w in guidance]}
+    plot_diagnosis(result, out_dir / f"{name}.png", name)
+    save_json(out_dir, name, result)
+    return result
+
+
+def plot_diagnosis(result: dict, path, name: str = "diagnosis"):
+    """diagnosis's picture from its result: eps MSE by t (training vs held-out images) and the
+    fraction of x0_pred outside the range along each trajectory, both on log axes."""
     loss = result["eps_loss"]
     ts = [max(r["t"], 1) for r in loss]  # t = 0 drawn at 1 on the log axis
     panels = {
-        "eps MSE at fixed t": {"training digits": (ts, [r["train_loss"] for r in loss]),
-                               "held-out digits": (ts, [r["heldout_loss"] for r in loss])},
+        "eps MSE at fixed t": {"training images": (ts, [r["train_loss"] for r in loss]),
+                               "held-out images": (ts, [r["heldout_loss"] for r in loss])},
         "x0_pred: pixels outside [-1.05, 1.05]": {
             f"DDIM-{tr['steps']}, eta = 0, w = {tr['guidance']:g}":
                 ([max(r["t"], 1) for r in tr["rows"]], [r["x0_pred_outside"] for r in tr["rows"]])
             for tr in result["trajectories"]},
     }
-    plotting.save_panels(out_dir / f"{name}.png", panels, "timestep t (log scale; t = 0 at 1)", logx=True,
-                         logy=True, title=f"{name}: where the model's samples leave the data range")
-    save_json(out_dir, name, result)
-    return result
+    return plotting.save_panels(path, panels, "timestep t (log scale; t = 0 at 1)", logx=True, logy=True,
+                                title=f"{name}: where the model's samples leave the data range")
