@@ -79,16 +79,19 @@ def grid_figure(images, ncols: int, scale: int = 2, row_labels=None, title=None,
 
 
 def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx: bool = False,
-                logy: bool = False, xticks=None, ylim=None, target=None) -> Path:
+                logy=False, xticks=None, ylim=None, target=None) -> Path:
     """Side-by-side line plots sharing an x axis, as PNG.
 
     panels maps each panel's y label to {line label: (xs, ys)} or (xs, ys, yerr) for error
     bars; a line label of None draws an unlabelled line (no legend). xticks: the x values to
-    label, written as plain numbers (on a log axis too). ylim: (low, high) of every y axis;
-    target: a y value drawn as a dashed line in every panel.
+    label, written as plain numbers (on a log axis too). logy, ylim ((low, high)) and target (a
+    y value drawn as a dashed line) hold for every panel, or are dicts {panel's y label: value}
+    for some panels.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.3), dpi=110, squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0], panels.items()):
+        panel_logy, panel_ylim, panel_target = (
+            option.get(ylabel) if isinstance(option, dict) else option for option in (logy, ylim, target))
         for label, (xs, ys, *yerr) in lines.items():
             ax.errorbar(xs, ys, yerr=yerr[0] if yerr else None, marker="o" if len(xs) < 20 else None,
                         markersize=3, capsize=3, label=label)
@@ -96,17 +99,18 @@ def save_panels(path, panels: dict, xlabel: str, title: str | None = None, logx:
         ax.set_ylabel(ylabel)
         if logx:
             ax.set_xscale("log")
-        if logy:
+        if panel_logy:
             ax.set_yscale("log")
         if xticks is not None:
             ax.set_xticks(list(xticks), [f"{v:g}" for v in xticks])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # no unlabelled log ticks
-        if target is not None:
-            ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
-        if ylim is not None:
-            ax.set_ylim(*ylim)
+        if panel_target is not None:
+            ax.axhline(panel_target, color="grey", linestyle="--", linewidth=1,
+                       label=f"target {panel_target:g}")
+        if panel_ylim is not None:
+            ax.set_ylim(*panel_ylim)
         ax.grid(alpha=0.3)
-        if target is not None or any(label is not None for label in lines):
+        if panel_target is not None or any(label is not None for label in lines):
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)

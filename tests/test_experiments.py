@@ -90,11 +90,15 @@ def test_time_to_quality_scores_every_snapshot(setup, tmp_path):
     cfg = train.TrainConfig(steps=2, batch_size=16, log_every=1, ckpt_every=2, sample_every=0, snapshot_every=1)
     train.Trainer(TINY_UNET, cfg, tmp_path / "run", images[:256], labels[:256]).run(progress=False)
     result = experiments.time_to_quality(setup, tmp_path / "run", tmp_path, scales=(1.0, 3.0), per_label=1,
-                                         target=0.0)
+                                         target=0.0, outside_target=-1.0)
     assert [r["step"] for r in result["rows"]] == [1, 2]
     assert result["rows"][0]["minutes"] <= result["rows"][1]["minutes"]
-    assert all(0 <= r[f"outside_w{w}"] <= 1 for r in result["rows"] for w in (1, 3))
-    assert result["first_reached"]["step"] == 1
+    assert all(0 <= r[f"outside_w{w}"] <= 1 and r[f"fid_ratio_w{w}"] > 0 for r in result["rows"] for w in (1, 3))
+    floor = result["real_floor"]
+    assert floor["num_real"] == 10 and floor["classifier_fid"] > 0
+    # Every accuracy reaches 0 at the first snapshot; no fraction of pixels is ever below -1.
+    assert result["reached"]["w3"] == {"accuracy": {"step": 1, "minutes": result["rows"][0]["minutes"]},
+                                       "outside": None}
     assert result["device"] == train.device_description()  # recorded by the training run
     assert (tmp_path / "time_to_quality.png").exists()
     # Run again: the snapshots already scored are kept, not scored again (a marked row shows it).
@@ -105,8 +109,26 @@ def test_time_to_quality_scores_every_snapshot(setup, tmp_path):
     del saved["rows"][1]["outside_w3"]
     (tmp_path / "time_to_quality.json").write_text(json.dumps(saved))
     again = experiments.time_to_quality(setup, tmp_path / "run", tmp_path, scales=(1.0, 3.0), per_label=1,
-                                        target=0.0)
+                                        target=0.0, outside_target=-1.0)
     assert again["rows"][0]["accuracy_w1"] == 0.5 and again["rows"][1] == result["rows"][1]
+    # Two recipes in one picture, through the command line; what is not a result is refused.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads((tmp_path / "time_to_quality.json").read_text()), "device": "elsewhere"}))
+    picture = tmp_path / "recipes.png"
+    assert main(["recipes", f"a={tmp_path / 'time_to_quality.json'}", f"b={other}", "--out", str(picture)]) == 0
+    assert picture.exists()
+    assert main(["recipes", f"a={tmp_path / 'run' / 'log.jsonl'}", "--out", str(picture)]) == 2
+    assert main(["recipes", f"a={other}", "--scale", "2", "--out", str(picture)]) == 2
+
+
+def test_recipes_command_line_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["recipes", "no-equals-sign.json"])
+    assert "expected NAME=PATH" in capsys.readouterr().err
+    assert main(["recipes", f"a={tmp_path / 'missing.json'}", "--out", str(tmp_path / "r.png")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    assert main(["recipes", f"a={tmp_path}/x.json", "--out", str(tmp_path / "r.txt")]) == 2
+    assert "must end in .png" in capsys.readouterr().err
 
 
 def test_command_line_errors_are_clear(tmp_path, capsys):

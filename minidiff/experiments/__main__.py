@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -21,6 +22,14 @@ def chosen(sweep: dict, names) -> dict:
     if unknown:
         raise ValueError(f"unknown controller(s) {sorted(unknown)}; choose from {list(sweep)}")
     return {k: v for k, v in sweep.items() if names is None or k in names}
+
+
+def recipe_result(text: str) -> tuple[str, Path]:
+    """'NAME=PATH' -> (NAME, PATH): one recipe of `recipes`."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH to a time_to_quality.json, got {text!r}")
+    return name, Path(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,10 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reweight", action="store_true", help="only the word swaps")
     p.add_argument("--controllers", type=lambda t: tuple(t.split(";")), default=None,
                    help="semicolon-separated names of experiments.prompts.TEXT_EDIT_SWEEP (default all)")
-    p = add("time-to-quality", "accuracy of a run's snapshots against its training wall time")
+    p = add("time-to-quality", "accuracy, pixels outside [-1, 1] and classifier FID over the real floor of a "
+                               "run's snapshots against its training wall time")
     p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
     p.add_argument("--per-label", type=count, default=10)
     p.add_argument("--scales", type=finite_floats, default=(1.0, 2.0, 3.0))
+    recipes_help = "several runs' time-to-quality results in one picture, one curve per recipe"
+    p = sub.add_parser("recipes", help=recipes_help, description=recipes_help)
+    p.add_argument("results", nargs="+", type=recipe_result, metavar="NAME=JSON",
+                   help="a recipe's name and its time-to-quality result, e.g. min-snr-5=DIR/time_to_quality.json")
+    p.add_argument("--scale", type=finite_float, default=None,
+                   help="the guidance scale drawn (default: each result's largest)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "recipes.png", help="the picture (PNG)")
     p = add("diagnosis", "eps loss per timestep (training vs held-out digits) and x0_pred along DDIM trajectories")
     p.add_argument("--guidance", type=finite_floats, default=(1.0, 3.0), help="CFG scales of the trajectories")
     p.add_argument("--num", type=count, default=1000, help="training and held-out images for the loss")
@@ -105,12 +122,14 @@ def main(argv=None) -> int:
     prog = f"minidiff.experiments {args.experiment}"
     status = arguments.run_command(prog, lambda: run(args))
     if status == 0:
-        print(f"results written to {args.out_dir}")
+        print(f"results written to {getattr(args, 'out_dir', None) or args.out}")
     return status
 
 
 def run(args) -> None:
     """The experiment args names, its flags checked first (the bounds that need the model here)."""
+    if args.experiment == "recipes":
+        return recipes(args)
     out = check_output_folder(args.out_dir, what="--out-dir")
     if args.experiment == "diagnosis":  # the one output named by a flag; every write refuses a model file too
         for suffix in (".json", ".png"):
@@ -156,6 +175,26 @@ def run(args) -> None:
                               name=args.name)
     else:
         experiments.time_to_quality(setup, args.run, out, scales=args.scales, per_label=args.per_label)
+
+
+def recipes(args) -> None:
+    """`recipes`: read each NAME=JSON, refuse what is not a time-to-quality result, draw them."""
+    out = check_output_path(args.out, suffixes=(".png",), what="--out")
+    if len({name for name, _ in args.results}) < len(args.results):
+        raise ValueError("each recipe needs its own NAME")
+    results = {}
+    for name, path in args.results:
+        try:
+            result = json.loads(Path(path).read_text())  # a missing file: FileNotFoundError names it
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not a JSON file ({err})") from None
+        if result.get("experiment") != "time_to_quality" or "real_floor" not in result:
+            raise ValueError(f"{path} is not a time-to-quality result with the classifier FID "
+                             "(python -m minidiff.experiments time-to-quality writes one)")
+        results[name] = result
+    experiments.compare_recipes(results, out, args.scale)
+    for name, result in results.items():
+        print(f"{name}: reached {json.dumps(result['reached'])}")
 
 
 if __name__ == "__main__":

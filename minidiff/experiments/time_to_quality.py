@@ -1,11 +1,15 @@
-"""Time to quality: how many minutes of training until guided samples are recognisable.
+"""Time to quality: how many minutes of training until guided samples are good, recipe by recipe.
 
 A training run with --snapshot-every keeps its EMA weights at regular steps, each with the
-training wall time so far. Every snapshot is scored here (DDIM-50 samples at each guidance
-scale, judged by the clean evaluation classifier); the answer is the first training time at
-which the best scale reaches the target accuracy. Each row also keeps the samples' fraction of
-pixels outside [-1, 1] before any clip (metrics.out_of_range_fraction), so the same run shows
-how clean the samples get with training. Scoring time is not training time.
+training wall time so far. Every snapshot is scored here: DDIM-50 samples at each guidance
+scale, judged by the clean evaluation classifier (accuracy), their fraction of pixels outside
+[-1, 1] before any clip (metrics.out_of_range_fraction), and their classifier FID divided by the
+real-data floor of as many held-out images (evaluation.unseen_floor; 1 is as close to the data
+as real images are). The answer is the first training time at which each scale reaches the
+accuracy target and the out-of-range target. Scoring time is not training time.
+
+compare_recipes draws several runs' results in one picture, one curve per recipe, so recipes
+that cost different time per step are compared on what they cost: wall-clock minutes.
 """
 
 from __future__ import annotations
@@ -17,18 +21,25 @@ from minidiff import evaluation, models, plotting
 from minidiff.evaluation import Setup
 from minidiff.experiments.common import log_row, save_json
 
+MEASURES = ("accuracy", "outside", "fid_ratio")
+
 
 def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_label: int = 10,
-                    target: float = 0.95, seed: int = 0) -> dict:
-    """Accuracy of each snapshot in run_dir/snapshots at each scale, and when target is met.
+                    target: float = 0.98, outside_target: float = 0.005, seed: int = 0) -> dict:
+    """Scores of each snapshot in run_dir/snapshots at each scale, and when the targets are met.
 
     Snapshots already scored in out_dir/time_to_quality.json with the same settings are not
     scored again, so the experiment can follow a run that is still training."""
     snapshots = sorted(Path(run_dir, "snapshots").glob("model_*.npz"))
     if not snapshots:
         raise FileNotFoundError(f"no snapshots in {Path(run_dir, 'snapshots')}; train with --snapshot-every")
+    num = per_label * setup.model.config.num_classes
+    scored, floor = evaluation.unseen_floor(setup, num)
     result = {"experiment": "time_to_quality", "run_dir": str(run_dir), "per_label": per_label,
               "num_classes": setup.model.config.num_classes, "scales": list(scales), "target": target,
+              "outside_target": outside_target,
+              "real_floor": {"classifier_fid": floor, "num_real": num,
+                             "what": f"the first {num} held-out images against the held-out images after them"},
               "rows": []}
     earlier = _earlier_rows(Path(out_dir) / "time_to_quality.json", result)
     for path in snapshots:
@@ -41,19 +52,23 @@ def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_
         for w in scales:
             images, labels, _ = evaluation.draw_samples(model, setup.schedule, per_label, seed=seed,
                                                         guidance_scale=w)
-            scores = evaluation.score_samples(setup.judge, images, labels)
+            scores = evaluation.score_samples(scored.judge, images, labels, scored.reference)
             row[f"accuracy_w{w:g}"] = scores["accuracy"]
             row[f"outside_w{w:g}"] = scores["pixels_outside_range"]
+            row[f"fid_ratio_w{w:g}"] = scores["classifier_fid"] / floor
         result["rows"].append(row)
         log_row(row)
-    reached = [r for r in result["rows"] if max(r[f"accuracy_w{w:g}"] for w in scales) >= target]
-    if reached:
-        first = reached[0]
-        best = max(scales, key=lambda w: first[f"accuracy_w{w:g}"])
-        result["first_reached"] = {"step": first["step"], "minutes": first["minutes"], "scale": best}
-    plot_time_to_quality(result, Path(out_dir) / "time_to_quality.png")
+    result["reached"] = {f"w{w:g}": {
+        "accuracy": _first(result["rows"], lambda r: r[f"accuracy_w{w:g}"] >= target),
+        "outside": _first(result["rows"], lambda r: r[f"outside_w{w:g}"] <= outside_target)} for w in scales}
+    compare_recipes({Path(run_dir).name: result}, Path(out_dir) / "time_to_quality.png")
     save_json(out_dir, "time_to_quality", result)
     return result
+
+
+def _first(rows, met) -> dict | None:
+    """{step, minutes} of the first row where met(row) holds, else None (never reached)."""
+    return next(({"step": r["step"], "minutes": r["minutes"]} for r in rows if met(r)), None)
 
 
 def _earlier_rows(path: Path, fresh: dict) -> dict:
@@ -61,18 +76,30 @@ def _earlier_rows(path: Path, fresh: dict) -> dict:
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
-    if any(earlier.get(k) != fresh[k] for k in ("run_dir", "per_label", "num_classes", "scales", "target")):
+    if any(earlier.get(k) != fresh[k] for k in ("run_dir", "per_label", "num_classes", "scales", "real_floor")):
         return {}
-    measures = [f"{m}_w{w:g}" for w in fresh["scales"] for m in ("accuracy", "outside")]
+    measures = [f"{m}_w{w:g}" for w in fresh["scales"] for m in MEASURES]
     return {r["step"]: r for r in earlier["rows"] if all(m in r for m in measures)}
 
 
-def plot_time_to_quality(result: dict, path) -> Path:
-    """Accuracy against training minutes, one line per guidance scale, from time_to_quality's result."""
-    rows, minutes = result["rows"], [r["minutes"] for r in result["rows"]]
-    lines = {f"w = {w:g}": (minutes, [r[f"accuracy_w{w:g}"] for r in rows]) for w in result["scales"]}
+def compare_recipes(results: dict, path, scale: float | None = None) -> Path:
+    """One picture of {recipe name: time_to_quality result}: accuracy, pixels outside [-1, 1] and
+    classifier FID over the real floor against training minutes, one curve per recipe at one
+    guidance scale (default: each result's largest), each panel with its target."""
+    panels = {"accuracy (judged)": {}, "pixels outside [-1, 1]": {}, "classifier FID / real floor": {}}
+    for name, result in results.items():
+        w = scale if scale is not None else max(result["scales"])
+        if w not in result["scales"]:
+            raise ValueError(f"recipe {name!r} was scored at w = {result['scales']}, not at w = {w:g}")
+        minutes = [r["minutes"] for r in result["rows"]]
+        label = f"{name} (w = {w:g})" if len(results) > 1 else f"w = {w:g}"
+        for panel, measure in zip(panels, MEASURES):
+            panels[panel][label] = (minutes, [r[f"{measure}_w{w:g}"] for r in result["rows"]])
+    first = next(iter(results.values()))
+    devices = sorted({r.get("device", "not recorded") for r in results.values()})
     return plotting.save_panels(
-        path, {"accuracy of DDIM-50 samples": lines}, "training wall time (minutes)",
-        ylim=(0, 1.02), target=result["target"],
-        title=f"time to quality on {result['device']}\n({result['num_classes'] * result['per_label']} "
-              f"samples per point; target {result['target']:.0%})")
+        path, panels, "training wall time (minutes)", logy={"pixels outside [-1, 1]": True},
+        ylim={"accuracy (judged)": (0, 1.02)}, target={"accuracy (judged)": first["target"], "pixels outside [-1, 1]": first["outside_target"],
+                "classifier FID / real floor": 1.5},
+        title=f"time to quality on {', '.join(devices)}\n({first['num_classes'] * first['per_label']} DDIM-50 "
+              f"samples per point, eta = 0)")
