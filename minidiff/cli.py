@@ -51,6 +51,9 @@ def add_train_parser(sub) -> None:
                    help="Min-SNR-gamma loss weighting (Hang et al. 2023): each step's x_0 error weighted by "
                         "min(SNR(t), GAMMA), for eps and v models alike; 5 is the usual value; 0 keeps the "
                         "prediction's own loss (default %(default)s)")
+    p.add_argument("--ema-warmup", choices=train.EMA_WARMUPS, default=defaults.ema_warmup,
+                   help="how the EMA decay rises to --ema-decay at step k: ramp (1+k)/(10+k), power "
+                        "1-(1+k)^(-3/4) (diffusers' use_ema_warmup), or none (default %(default)s)")
     p.add_argument("--lr-schedule", choices=train.LR_SCHEDULES, default=defaults.lr_schedule,
                    help="after warm-up: cosine decay to 0 at --steps, or constant "
                    f"(default {defaults.lr_schedule})")

@@ -42,6 +42,7 @@ from minidiff.unet import UNetConfig, count_params
 
 
 LR_SCHEDULES = ("cosine", "constant")
+EMA_WARMUPS = ("ramp", "power", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,8 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # after warm-up: "cosine" decay to 0 at `steps`, or "constant"
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # global gradient-norm clip
-    ema_decay: float = 0.999  # EMA decay (ramped up as min(decay, (1+k)/(10+k)))
+    ema_decay: float = 0.999  # EMA decay, reached after the warm-up (ema_decay_at)
+    ema_warmup: str = "ramp"  # how the EMA decay rises at the start: one of EMA_WARMUPS (ema_decay_at)
     p_uncond: float = 0.1  # probability that a label is replaced by the null class (a caption by "")
     p_drop_word: float = 0.3  # caption models: probability that each style word is dropped on its own
     schedule: str = "linear"  # noise schedule name
@@ -92,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.ema_warmup not in EMA_WARMUPS:
+            raise ValueError(f"ema_warmup must be one of {EMA_WARMUPS}, got {self.ema_warmup!r}")
 
     @property
     def bookkeeping(self) -> tuple[str, ...]:
@@ -114,6 +118,25 @@ def learning_rate(cfg: TrainConfig) -> optax.Schedule:
              if cfg.lr_schedule == "cosine" else optax.constant_schedule(cfg.lr))
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), after],
                                 [cfg.warmup_steps])
+
+
+def ema_decay_at(cfg: TrainConfig, step):
+    """The EMA decay applied after optimiser step `step` (0-based), never above cfg.ema_decay.
+
+    An EMA that starts at the initial weights with decay 0.999 still weighs them by 0.999^k
+    after k steps (37% at k = 1000), so a short run's EMA is mostly its random start. A warm-up
+    lets the decay rise with k:
+    - "ramp": (1 + k) / (10 + k), TensorFlow's ExponentialMovingAverage(num_updates) and
+      diffusers' EMAModel default; it reaches 0.999 only at k = 8990, so before that the EMA
+      averages about the last (10 + k) / 9 steps;
+    - "power": 1 - (1 + k)^(-3/4), diffusers' EMAModel(use_ema_warmup=True, power=3/4): Katherine
+      Crowson's warm-up with the power its notes there give for runs of under a million steps
+      (diffusers' default, 2/3, is for longer ones); it reaches 0.999 at k = 10,000;
+    - "none": cfg.ema_decay from the first step."""
+    k = jnp.asarray(step, jnp.float32)
+    rising = {"ramp": (1.0 + k) / (10.0 + k), "power": 1.0 - (1.0 + k) ** -0.75,
+              "none": jnp.ones_like(k)}[cfg.ema_warmup]
+    return jnp.minimum(cfg.ema_decay, rising)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -174,7 +197,7 @@ def train_step(state, x0, y, key, s: schedules.Schedule, *, graphdef, cfg: Train
     loss, grads = jax.value_and_grad(_loss)(state["params"], x0, y, key_loss, s, graphdef, cfg.snr_gamma)
     updates, opt_state = make_optimizer(cfg).update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    decay = jnp.minimum(cfg.ema_decay, (1.0 + state["step"]) / (10.0 + state["step"]))
+    decay = ema_decay_at(cfg, state["step"])
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], params)
     return {"params": params, "ema": ema, "opt_state": opt_state, "step": state["step"] + 1}, loss
 

@@ -206,6 +206,36 @@ def test_min_snr_gamma_reaches_the_training_loss(mnist_subset):
     assert abs(losses[5.0] - losses[0.0]) > 1e-3 * losses[0.0]
 
 
+def test_ema_warmups_follow_their_closed_forms():
+    for k in (0, 9, 100, 2999, 8990, 10**5):
+        decay = {w: float(train.ema_decay_at(train.TrainConfig(ema_warmup=w), k)) for w in train.EMA_WARMUPS}
+        assert decay["ramp"] == pytest.approx(min(0.999, (1 + k) / (10 + k)), rel=1e-6)
+        assert decay["power"] == pytest.approx(min(0.999, 1 - (1 + k) ** -0.75), rel=1e-6, abs=1e-7)
+        assert decay["none"] == pytest.approx(0.999)
+    assert float(train.ema_decay_at(train.TrainConfig(), 8989)) < 0.999 <= float(train.ema_decay_at(train.TrainConfig(), 8991))
+    with pytest.raises(ValueError, match="ema_warmup"):
+        train.TrainConfig(ema_warmup="linear")
+
+
+@pytest.mark.parametrize("warmup", train.EMA_WARMUPS)
+def test_train_step_moves_the_ema_by_the_warmups_decay(mnist_subset, warmup):
+    """One step from an EMA 1 away from the weights: ema' = d * ema + (1 - d) * params', with d
+    ema_decay_at's value at step 0 (0.1 ramped, 0 under the power warm-up, 0.999 without)."""
+    from minidiff import schedules
+    cfg = train.TrainConfig(ema_warmup=warmup, batch_size=8)
+    graphdef, state = train.init_state(TINY_UNET, cfg)
+    state["ema"] = jax.tree.map(lambda p: p + 1.0, state["params"])
+    ema_before = jax.tree.map(np.array, state["ema"])
+    x0 = jax.numpy.asarray(data.to_model_range(mnist_subset[0][:8]))
+    y = jax.numpy.asarray(mnist_subset[1][:8], jax.numpy.int32)
+    state, _ = train.train_step(state, x0, y, jax.random.PRNGKey(0), schedules.make_schedule("linear", 1000),
+                                graphdef=graphdef, cfg=cfg, unet_cfg=TINY_UNET)
+    d = float(train.ema_decay_at(cfg, 0))
+    expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), ema_before, state["params"])
+    for got, want in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path, mnist_subset):
     trainer = tiny_trainer(tmp_path, *mnist_subset, steps=2)
     meta = json.loads(json.dumps(trainer._metadata()))  # as read back from the file
