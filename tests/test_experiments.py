@@ -195,3 +195,17 @@ def test_word_swap_measures_both_reweights(tmp_path):
         assert a["factors"][1]["mean_thickness"] != pytest.approx(b["factors"][1]["mean_thickness"])
     assert {"word_swap.json", "word_swap.png", "reweight.png", "reweight_renormalised.png"} <= {
         p.name for p in tmp_path.iterdir()}
+
+
+def test_time_to_quality_scores_a_run_on_its_own_data_set(tmp_path, monkeypatch, capsys):
+    """Without --ckpt the setup (data set, judge, schedule) comes from the run's first snapshot,
+    not from the released MNIST model: a Fashion-MNIST run is judged by the Fashion-MNIST judge."""
+    (tmp_path / "snapshots").mkdir()
+    for step in (500, 250):
+        (tmp_path / "snapshots" / f"model_{step:06d}.npz").write_bytes(b"")
+
+    def load_setup(ckpt, judge, data_dir):
+        raise ValueError(f"setup from {ckpt}")
+    monkeypatch.setattr(evaluation, "load_setup", load_setup)
+    assert main(["time-to-quality", "--run", str(tmp_path)]) == 2
+    assert f"setup from {tmp_path / 'snapshots' / 'model_000250.npz'}" in capsys.readouterr().err

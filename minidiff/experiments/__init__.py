@@ -20,7 +20,7 @@ from minidiff.experiments.inversion import editing_experiment, inversion_experim
 from minidiff.experiments.prompts import prompt_following, word_swap
 from minidiff.experiments.reconstruction import reconstruction_table
 from minidiff.experiments.sampling import guidance_sweep, plot_guidance, sampler_table
-from minidiff.experiments.time_to_quality import compare_recipes, time_to_quality
+from minidiff.experiments.time_to_quality import compare_recipes, first_snapshot, time_to_quality
 
-__all__ = ["compare_recipes", "diagnosis", "editing_experiment", "guidance_sweep", "inversion_experiment", "plot_guidance", "prompt_following",
+__all__ = ["compare_recipes", "diagnosis", "editing_experiment", "first_snapshot", "guidance_sweep", "inversion_experiment", "plot_guidance", "prompt_following",
            "reconstruction_table", "sampler_table", "time_to_quality", "word_swap"]

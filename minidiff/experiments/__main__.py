@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semicolon-separated names of experiments.prompts.TEXT_EDIT_SWEEP (default all)")
     p = add("time-to-quality", "accuracy, pixels outside [-1, 1] and classifier FID over the real floor of a "
                                "run's snapshots against its training wall time")
-    p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every")
+    p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every "
+                   "(its snapshots set the data set, the judge and the schedule; --ckpt is not needed)")
     p.add_argument("--per-label", type=count, default=10)
     p.add_argument("--scales", type=finite_floats, default=(1.0, 2.0, 3.0))
     recipes_help = "several runs' time-to-quality results in one picture, one curve per recipe"
@@ -134,7 +135,10 @@ def run(args) -> None:
     if args.experiment == "diagnosis":  # the one output named by a flag; every write refuses a model file too
         for suffix in (".json", ".png"):
             check_output_path(out / f"{args.name}{suffix}", what="--name", inputs=arguments.inputs_of(args))
-    setup = evaluation.load_setup(args.ckpt, args.judge, args.data_dir)
+    ckpt = args.ckpt
+    if args.experiment == "time-to-quality" and ckpt is None:  # the run's data set, judge and schedule
+        ckpt = experiments.first_snapshot(args.run)
+    setup = evaluation.load_setup(ckpt, args.judge, args.data_dir)
     if args.experiment in HELD_OUT and args.num > len(setup.heldout):
         raise ValueError(f"--num {args.num} is more than the {len(setup.heldout)} held-out images")
     arguments.check_steps(getattr(args, "steps", None), setup.schedule)

@@ -32,9 +32,7 @@ def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_
 
     Snapshots already scored in out_dir/time_to_quality.json with the same settings are not
     scored again, so the experiment can follow a run that is still training."""
-    snapshots = sorted(Path(run_dir, "snapshots").glob("model_*.npz"))
-    if not snapshots:
-        raise FileNotFoundError(f"no snapshots in {Path(run_dir, 'snapshots')}; train with --snapshot-every")
+    snapshots = _snapshots(run_dir)
     num = per_label * setup.model.config.num_classes
     scored, floor = evaluation.unseen_floor(setup, num)
     result = {"experiment": "time_to_quality", "run_dir": str(run_dir), "per_label": per_label,
@@ -66,6 +64,19 @@ def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_
     compare_recipes({Path(run_dir).name: result}, Path(out_dir) / "time_to_quality.png")
     save_json(out_dir, "time_to_quality", result)
     return result
+
+
+def _snapshots(run_dir) -> list[Path]:
+    """A run's snapshots/model_<step>.npz in step order; FileNotFoundError if it has none."""
+    snapshots = sorted(Path(run_dir, "snapshots").glob("model_*.npz"))
+    if not snapshots:
+        raise FileNotFoundError(f"no snapshots in {Path(run_dir, 'snapshots')}; train with --snapshot-every")
+    return snapshots
+
+
+def first_snapshot(run_dir) -> Path:
+    """The run's earliest snapshot: the model file that tells which data set the run is on."""
+    return _snapshots(run_dir)[0]
 
 
 def _first(rows, met) -> dict | None:
