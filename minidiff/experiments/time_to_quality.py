@@ -23,7 +23,6 @@ from minidiff.experiments.common import log_row, save_json
 
 MEASURES = ("accuracy", "outside", "fid_ratio")
 PANELS = ("accuracy (judged)", "pixels outside [-1.05, 1.05]", "classifier FID / real floor")  # one per measure
-FID_RATIO_TARGET = 1.5  # a release's classifier FID: at most 1.5 times the real-data floor
 
 
 def time_to_quality(setup: Setup, run_dir, out_dir, scales=(1.0, 2.0, 3.0), per_label: int = 10,
@@ -97,7 +96,7 @@ def _earlier_rows(path: Path, fresh: dict) -> dict:
 
 def compare_recipes(results: dict, path, scale: float | None = None) -> Path:
     """One picture of {recipe name: time_to_quality result}: accuracy, pixels outside the range and
-    classifier FID over the real floor against training minutes, each panel with its target. One
+    classifier FID over the real floor against training minutes, with the targets. One
     curve per recipe at one guidance scale (default: each result's largest); a single result
     without a scale given draws every scale it was scored at."""
     panels = {panel: {} for panel in PANELS}
@@ -112,7 +111,9 @@ def compare_recipes(results: dict, path, scale: float | None = None) -> Path:
                 panels[panel][label] = (minutes, [r[f"{measure}_w{w:g}"] for r in result["rows"]])
     first = next(iter(results.values()))
     devices = sorted({r.get("device", "not recorded") for r in results.values()})
-    targets = dict(zip(PANELS, (first["target"], first["outside_target"], FID_RATIO_TARGET)))
+    # No target line on the FID ratio: a release's "at most 1.5x the floor" is a 500-sample measure
+    # (minidiff eval), and at the few samples per snapshot both FIDs are biased up, the ratio towards 1.
+    targets = dict(zip(PANELS[:2], (first["target"], first["outside_target"])))
     return plotting.save_panels(
         path, panels, "training wall time (minutes)", logy={PANELS[1]: True}, ylim={PANELS[0]: (0, 1.02)},
         target=targets,
