@@ -196,6 +196,14 @@ def channels(text: str) -> tuple[int, ...]:
     return values
 
 
+def resolution_levels(text: str) -> tuple[int, ...]:
+    """'0,1,2' -> (0, 1, 2): U-Net resolution levels (0 = full resolution), each named once."""
+    values = _int_tuple(text, "levels", "0,1,2", 0)
+    if len(values) > MAX_LEVELS or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"levels must be at most {MAX_LEVELS} distinct levels, got {_short(text)}")
+    return tuple(sorted(values))
+
+
 def index(text: str) -> slice:
     """'0:100' -> slice(0, 100); '7' -> slice(7, 8). Empty or negative selections are refused."""
     try:

@@ -63,6 +63,10 @@ def add_train_parser(sub) -> None:
                    help="label: a class-conditional U-Net; text: a caption model (MNIST only), whose "
                         "prompts ('bold right-leaning seven') are computed from each digit's handwriting "
                         "and read through cross-attention (default %(default)s)")
+    p.add_argument("--cross-attention-levels", type=arguments.resolution_levels, default=None, metavar="L,L",
+                   help="a caption model's resolution levels with cross-attention after every ResBlock, "
+                        "0 = full resolution (28x28), 1 = 14x14, 2 = 7x7; the middle always has one "
+                        "(default: the preset's 1,2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     many = p.add_argument_group("many processes (JAX's multi-controller runtime; README, \"On many machines\")")
     many.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
@@ -101,6 +105,11 @@ def run_train(args) -> None:
     if args.channels:  # a caption model keeps the preset's cross-attention levels that these widths have
         levels = tuple(l for l in unet_cfg.cross_attention_levels if l < len(args.channels))
         unet_cfg = dataclasses.replace(unet_cfg, channels=args.channels, cross_attention_levels=levels)
+    if args.cross_attention_levels is not None:
+        if args.conditioning != "text":
+            raise ValueError("--cross-attention-levels needs --conditioning text (a label model has no "
+                             "cross-attention)")
+        unet_cfg = dataclasses.replace(unet_cfg, cross_attention_levels=args.cross_attention_levels)
     if args.prediction:
         unet_cfg = dataclasses.replace(unet_cfg, prediction=args.prediction)
     (images, labels), _ = data.load_train_and_heldout(args.dataset, args.data_dir)

@@ -199,9 +199,8 @@ class UNet(nnx.Module):
         self.mid1 = ResBlock(chs[-1], chs[-1], E, G, rngs=rngs)
         self.mid_attn = (AttentionBlock(chs[-1], cfg.attention_heads, G, rngs=rngs)
                          if cfg.attention else None)
-        self.mid_cross = cross(levels - 1, chs[-1]) if text else None
-        if text and self.mid_cross is None:  # the middle always reads the prompt
-            self.mid_cross = CrossAttentionBlock(chs[-1], cfg.context_dim, cfg.attention_heads, G, rngs=rngs)
+        self.mid_cross = (CrossAttentionBlock(chs[-1], cfg.context_dim, cfg.attention_heads, G, rngs=rngs)
+                          if text else None)  # the middle always reads the prompt
         self.mid2 = ResBlock(chs[-1], chs[-1], E, G, rngs=rngs)
 
         # Up path, deepest level first: each ResBlock sees [h, skip] concatenated, 2 * chs[l]

@@ -241,6 +241,19 @@ def tiny_caption_model(tmp_path_factory):
     return run / "model.npz"
 
 
+def test_cross_attention_levels_are_a_training_flag(tmp_path, capsys, monkeypatch):
+    if data_dir() is None:
+        pytest.skip("MNIST files not available")
+    common = ("train", "--conditioning", "text", "--data-dir", data_dir(), "--channels", "8,16", "--steps", 1,
+              "--batch-size", 8, "--sample-every", 0, "--no-progress")
+    # full resolution only: the deepest level has none, but the middle still reads the prompt
+    status, err = minidiff_here(capsys, monkeypatch, *common, "--cross-attention-levels", "0", "--out", tmp_path)
+    assert status == 0, err
+    assert checkpoint.read_metadata(tmp_path / "model.npz")["unet"]["cross_attention_levels"] == [0]
+    status, err = minidiff_here(capsys, monkeypatch, *common, "--cross-attention-levels", "2", "--out", tmp_path / "b")
+    assert status == 2 and "cross_attention_levels=(2,): each must be a level 0..1" in err, err
+
+
 @pytest.mark.slow
 def test_the_caption_model_samples_prompts_and_edits_words(tiny_caption_model, tmp_path):
     out = minidiff("sample", "--ckpt", tiny_caption_model, "--steps", 2, "--prompt", "bold seven",
@@ -268,6 +281,9 @@ def test_the_caption_model_samples_prompts_and_edits_words(tiny_caption_model, t
     (["edit", "--to", "3", "--cross", "0.5", "--out", "x.png"], "--cross needs a caption model"),
     (["edit", "--to", "3", "--reweight", "bold", "--out", "x.png"], "expected WORD=FACTOR"),
     (["train", "--conditioning", "text", "--dataset", "fashion_mnist"], "--conditioning text needs --dataset mnist"),
+    (["train", "--cross-attention-levels", "0,1"], "--cross-attention-levels needs --conditioning text"),
+    (["train", "--conditioning", "text", "--cross-attention-levels", "1,1"], "at most 8 distinct levels"),
+    (["train", "--conditioning", "text", "--cross-attention-levels", "a"], "levels must look like '0,1,2'"),
 ])
 def test_caption_flags_on_the_wrong_model_are_refused(args, message, capsys, monkeypatch):
     if "--to" in args and data_dir() is None:
