@@ -1,6 +1,8 @@
 """The caption model on a tiny random U-Net: cross-attention maps, Prompt-to-Prompt's controllers
 (replace, refine, reweight) and null-text inversion, each against what it must equal."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +68,22 @@ def test_word_swap_under_cross_control_differs_from_no_control(tiny):
     none = _edit(model, x0, tokens, swapped, pipeline.controller_for(model))["edits"]
     crossed = _edit(model, x0, tokens, swapped, pipeline.controller_for(model, cross=0.8))["edits"]
     assert float(np.abs(crossed - none).max()) > 1e-4
+
+
+def test_features_above_full_resolution_are_the_prompt_switch_unless_it_reads_the_prompt(tiny):
+    """Plug-and-Play's injection at the level above full resolution (levels (-2,)) fixes the
+    output when the full-resolution blocks read no prompt: it is the prompt switch after that
+    fraction. With cross-attention at 28x28 too (`train --cross-attention-levels 0,1`) the new
+    prompt still acts after it, which is why the word swap's sweep has those rows."""
+    model, x0, tokens = tiny
+    swapped = jnp.asarray(captions.tokenize_all(["bold eight", "thin right-leaning three", "five"]))
+    injected = _edit(model, x0, tokens, swapped, pipeline.controller_for(model, features=0.4, levels=(-2,)))
+    switched = _edit(model, x0, tokens, swapped, pipeline.controller_for(model, source_label=0.4))
+    np.testing.assert_allclose(injected["edits"], switched["edits"], atol=1e-4)
+    full_res = randomised_unet(dataclasses.replace(TINY_TEXT_UNET, cross_attention_levels=(0, 1)))
+    injected = _edit(full_res, x0, tokens, swapped, pipeline.controller_for(full_res, features=0.4, levels=(-2,)))
+    switched = _edit(full_res, x0, tokens, swapped, pipeline.controller_for(full_res, source_label=0.4))
+    assert float(np.abs(injected["edits"] - switched["edits"]).max()) > 1e-3
 
 
 def test_reweight_by_one_changes_nothing_and_by_four_changes_the_edit(tiny):

@@ -37,8 +37,10 @@ WORD_TERCILE = {"thin": ("thickness", 0), "bold": ("thickness", 2),
 # The controllers `python -m minidiff.experiments word-swap` compares (pipeline.controller_for's
 # arguments). P2P's own (cross-attention replace, self-attention), then the prompt switch: the
 # source prompt for the first part of the steps, the edit following the reconstruction that long.
-# (Feature injection at 14x14 or 28x28 is the prompt switch on this model: the full-resolution
-# blocks read no prompt, see pipeline.feature_levels.)
+# Then Plug-and-Play's feature injection at 14x14 (levels (-2,): the up path's level above full
+# resolution). On a model with cross-attention at 28x28 (`train --cross-attention-levels 0,1,2`)
+# the full-resolution blocks still read the new prompt after it; on the released model, whose
+# full-resolution blocks read no prompt, it is the prompt switch (pipeline.feature_levels).
 TEXT_EDIT_SWEEP = {
     "no control": {},
     "cross-attention 0.8": {"cross": 0.8},
@@ -47,6 +49,9 @@ TEXT_EDIT_SWEEP = {
     "prompt switch 0.2": {"source_label": 0.2},
     "prompt switch 0.3 + self 1.0": {"source_label": 0.3, "attention": 1.0},
     "prompt switch 0.4 + self 1.0": {"source_label": 0.4, "attention": 1.0},
+    "features 14x14 0.4 + self 1.0": {"features": 0.4, "levels": (-2,), "attention": 1.0},
+    "features 14x14 0.7 + self 1.0": {"features": 0.7, "levels": (-2,), "attention": 1.0},
+    "features 14x14 1.0 + self 1.0": {"features": 1.0, "levels": (-2,), "attention": 1.0},
 }
 
 
