@@ -138,13 +138,16 @@ def handwriting_attributes(images: np.ndarray, ink: float = 0.0) -> np.ndarray:
     x = x.reshape(x.shape[0], x.shape[1], x.shape[2], -1).mean(-1)  # (N, H, W)
     N, H, W = x.shape
     m = (x + 1.0) / 2.0
-    mass = np.maximum(m.sum((1, 2)), 1e-12)  # (N,)
+    # Less than one pixel's worth of ink (a blank image, or one a little below -1 everywhere,
+    # whose mass is ~0 or negative) has no centroid: dividing by it gave centroids of ~1e12.
+    inked = m.sum((1, 2)) >= 1.0  # (N,)
+    mass = np.where(inked, m.sum((1, 2)), 1.0)
     r, c = np.arange(H)[None, :, None], np.arange(W)[None, None, :]
-    r_bar = (m * r).sum((1, 2)) / mass  # (N,)
-    c_bar = (m * c).sum((1, 2)) / mass
+    r_bar = np.where(inked, (m * r).sum((1, 2)) / mass, 0.0)  # (N,)
+    c_bar = np.where(inked, (m * c).sum((1, 2)) / mass, 0.0)
     dr, dc = r - r_bar[:, None, None], c - c_bar[:, None, None]
     mu11, mu02 = (m * dr * dc).sum((1, 2)), (m * dr**2).sum((1, 2))
-    slant = np.where(mu02 > 1e-12, mu11 / np.maximum(mu02, 1e-12), 0.0)
+    slant = np.where(inked & (mu02 > 1e-12), mu11 / np.maximum(mu02, 1e-12), 0.0)
     binary = np.pad(x > ink, ((0, 0), (1, 1), (1, 1)))  # (N, H + 2, W + 2)
     area = binary.sum((1, 2))
     perimeter = (np.abs(np.diff(binary.astype(np.int8), axis=1)).sum((1, 2))

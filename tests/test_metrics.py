@@ -72,15 +72,18 @@ def _bar(top=4, bottom=23, left=12, width=3, shear=0.0):
 
 
 def test_handwriting_attributes_of_bars():
-    a = metrics.handwriting_attributes(np.stack([_bar(), _bar(shear=0.5), _bar(width=6), -np.ones((28, 28, 1))]))
-    assert a.shape == (4, len(metrics.ATTRIBUTES))
+    below = np.full((28, 28, 1), -1.02)  # a blank edit a little below -1: negative ink mass
+    below[5, 5] = -0.9
+    a = metrics.handwriting_attributes(np.stack([_bar(), _bar(shear=0.5), _bar(width=6), -np.ones((28, 28, 1)), below]))
+    assert a.shape == (5, len(metrics.ATTRIBUTES))
     np.testing.assert_allclose(a[0, :2], [13.5, 13.0])  # centroid of rows 4..23, columns 12..14
     np.testing.assert_allclose(a[0, 2], 0.0, atol=1e-12)  # upright
     np.testing.assert_allclose(a[1, 2], 0.5, atol=0.05)  # half a column per row
     np.testing.assert_allclose(a[0, 3], 3 * 20 / (3 + 20))  # w h / (w + h)
     np.testing.assert_allclose(a[2, 3], 6 * 20 / (6 + 20))
-    np.testing.assert_array_equal(a[:, 4], [20, 20, 20, 0])
+    np.testing.assert_array_equal(a[:, 4], [20, 20, 20, 0, 0])
     np.testing.assert_array_equal(a[3], 0.0)  # no ink
+    np.testing.assert_array_equal(a[4, :3], 0.0)  # no centroid or slant (it was ~1e12)
 
 
 def test_style_ratio():
