@@ -35,8 +35,10 @@ STYLE_COMBINATIONS = [" ".join(w for w in pair if w) for pair in
 WORD_TERCILE = {"thin": ("thickness", 0), "bold": ("thickness", 2),
                 "right-leaning": ("slant", 0), "left-leaning": ("slant", 2)}
 # The controllers `python -m minidiff.experiments word-swap` compares (pipeline.controller_for's
-# arguments). P2P's own (cross-attention replace, self-attention), then the prompt switch: the
-# source prompt for the first part of the steps, the edit following the reconstruction that long.
+# arguments). P2P's own: cross-attention replace at the paper's 0.8 and at the shorter fractions
+# that a model with cross-attention at 28x28 needs (there 0.8 keeps the source digit), and
+# self-attention. Then the prompt switch: the source prompt for the first part of the steps, the
+# edit following the reconstruction that long.
 # Then Plug-and-Play's feature injection at 14x14 (levels (-2,): the up path's level above full
 # resolution). On a model with cross-attention at 28x28 (`train --cross-attention-levels 0,1,2`)
 # the full-resolution blocks still read the new prompt after it; on the released model, whose
@@ -44,6 +46,10 @@ WORD_TERCILE = {"thin": ("thickness", 0), "bold": ("thickness", 2),
 TEXT_EDIT_SWEEP = {
     "no control": {},
     "cross-attention 0.8": {"cross": 0.8},
+    "cross-attention 0.2": {"cross": 0.2},
+    "cross-attention 0.3": {"cross": 0.3},
+    "cross-attention 0.4": {"cross": 0.4},
+    "cross-attention 0.5": {"cross": 0.5},
     "self-attention 0.4": {"attention": 0.4},
     "cross 0.8 + self 0.4 (P2P)": {"cross": 0.8, "attention": 0.4},
     "prompt switch 0.2": {"source_label": 0.2},
