@@ -140,8 +140,9 @@ def handwriting_attributes(images: np.ndarray, ink: float = 0.0) -> np.ndarray:
     m = (x + 1.0) / 2.0
     # Less than one pixel's worth of ink (a blank image, or one a little below -1 everywhere,
     # whose mass is ~0 or negative) has no centroid: dividing by it gave centroids of ~1e12.
-    inked = m.sum((1, 2)) >= 1.0  # (N,)
-    mass = np.where(inked, m.sum((1, 2)), 1.0)
+    total = m.sum((1, 2))  # (N,)
+    inked = total >= 1.0
+    mass = np.where(inked, total, 1.0)
     r, c = np.arange(H)[None, :, None], np.arange(W)[None, None, :]
     r_bar = np.where(inked, (m * r).sum((1, 2)) / mass, 0.0)  # (N,)
     c_bar = np.where(inked, (m * c).sum((1, 2)) / mass, 0.0)

@@ -209,3 +209,16 @@ def test_time_to_quality_scores_a_run_on_its_own_data_set(tmp_path, monkeypatch,
     monkeypatch.setattr(evaluation, "load_setup", load_setup)
     assert main(["time-to-quality", "--run", str(tmp_path)]) == 2
     assert f"setup from {tmp_path / 'snapshots' / 'model_000250.npz'}" in capsys.readouterr().err
+
+
+def test_word_swap_runs_the_released_models_seven_controllers_unless_others_are_named():
+    """The default reproduces docs/results.md's table of the release; the 28x28 model's rows are named."""
+    from minidiff.experiments.__main__ import build_parser, chosen
+    from minidiff.experiments.prompts import TEXT_EDIT_DEFAULT, TEXT_EDIT_SWEEP
+
+    default = chosen(TEXT_EDIT_SWEEP, build_parser().parse_args(["word-swap"]).controllers or TEXT_EDIT_DEFAULT)
+    assert list(default) == list(TEXT_EDIT_DEFAULT) and len(default) == 7
+    named = build_parser().parse_args(["word-swap", "--controllers", "cross-attention 0.4;no control"]).controllers
+    assert list(chosen(TEXT_EDIT_SWEEP, named)) == ["no control", "cross-attention 0.4"]
+    with pytest.raises(ValueError, match="unknown controller"):
+        chosen(TEXT_EDIT_SWEEP, ("cross-attention 0.9",))

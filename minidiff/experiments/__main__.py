@@ -10,7 +10,7 @@ from pathlib import Path
 from minidiff import arguments, checkpoint, evaluation, experiments, models, pipeline
 from minidiff.arguments import count, finite_float, finite_floats, steps_list
 from minidiff.experiments.common import RESULTS_DIR
-from minidiff.experiments.prompts import TEXT_EDIT_SWEEP
+from minidiff.experiments.prompts import TEXT_EDIT_DEFAULT, TEXT_EDIT_SWEEP
 from minidiff.files import check_output_folder, check_output_path
 
 HELD_OUT = ("reconstruction", "inversion", "editing", "word-swap", "diagnosis")  # --num counts held-out images
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factors", type=finite_floats, default=(0.5, 1.0, 2.0, 4.0), help="reweight factors")
     p.add_argument("--no-reweight", action="store_true", help="only the word swaps")
     p.add_argument("--controllers", type=lambda t: tuple(t.split(";")), default=None,
-                   help="semicolon-separated names of experiments.prompts.TEXT_EDIT_SWEEP (default all)")
+                   help="semicolon-separated names of experiments.prompts.TEXT_EDIT_SWEEP (default: the seven of TEXT_EDIT_DEFAULT, the released model's table)")
     p = add("time-to-quality", "accuracy, pixels outside [-1, 1] and classifier FID over the real floor of a "
                                "run's snapshots against its training wall time")
     p.add_argument("--run", type=Path, required=True, help="run directory trained with --snapshot-every "
@@ -172,7 +172,7 @@ def run(args) -> None:
                                          steps=args.steps)
         else:
             experiments.word_swap(setup, terciles, out, num=args.num, guidance=args.guidance, steps=args.steps,
-                                  batch=args.batch, controls=chosen(TEXT_EDIT_SWEEP, args.controllers),
+                                  batch=args.batch, controls=chosen(TEXT_EDIT_SWEEP, args.controllers or TEXT_EDIT_DEFAULT),
                                   reweight_factors=() if args.no_reweight else args.factors)
     elif args.experiment == "diagnosis":
         experiments.diagnosis(setup, out, guidance=args.guidance, num=args.num, per_label=args.per_label,
