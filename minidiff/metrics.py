@@ -184,6 +184,40 @@ def style_ratio(edits: np.ndarray, sources: np.ndarray, references: np.ndarray, 
     return float(near / style_distance(handwriting_attributes(references), src, spread, attributes).mean())
 
 
+def same_hand(sources: np.ndarray, source_labels, pool: np.ndarray, pool_labels, target_labels,
+              attributes=HAND) -> np.ndarray:
+    """For each source, the index of the pool image of its target class that stands where the
+    source stands in its own class: the nearest, summed over `attributes`, in within-class
+    percentile rank (the rank the captions' terciles cut). Arguments are attribute rows (N, 5)
+    (handwriting_attributes) and labels; the ranks are taken among the pool's images of each class.
+
+    The pool image is a real digit of the new class written as far from that class's typical slant
+    and thickness as the source is from its own class's: what an edit that keeps the writer's hand
+    exactly, while drawing the new digit as that writer would, can score on style_ratio."""
+    cols = [ATTRIBUTES.index(name) for name in attributes]
+    pool, pool_labels = np.asarray(pool)[:, cols], np.asarray(pool_labels)
+    sources, source_labels = np.asarray(sources)[:, cols], np.asarray(source_labels)
+
+    def rank(values, c):  # the fraction of class c's pool below each value, ties counted half
+        mine = pool[pool_labels == c]
+        if len(mine) == 0:
+            raise ValueError(f"the pool has no image of class {c}")
+        return (mine[None] < values[:, None]).mean(1) + 0.5 * (mine[None] == values[:, None]).mean(1)
+
+    pool_rank, source_rank = np.empty(pool.shape), np.empty(sources.shape)
+    for c in np.unique(pool_labels):
+        pool_rank[pool_labels == c] = rank(pool[pool_labels == c], c)
+    for c in np.unique(source_labels):
+        source_rank[source_labels == c] = rank(sources[source_labels == c], c)
+    picked = np.empty(len(sources), np.int64)
+    for i, t in enumerate(np.asarray(target_labels)):
+        candidates = np.flatnonzero(pool_labels == t)
+        if len(candidates) == 0:
+            raise ValueError(f"the pool has no image of class {t}")
+        picked[i] = candidates[np.argmin(np.abs(pool_rank[candidates] - source_rank[i]).sum(1))]
+    return picked
+
+
 def style_ratio_by_attribute(edits: np.ndarray, sources: np.ndarray, references: np.ndarray) -> dict[str, float]:
     """style_ratio for each of ATTRIBUTES alone (the spread cancels): which parts of the
     handwriting the edits keep. On MNIST, whose digits are centred by their centre of mass and

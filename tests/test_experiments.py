@@ -177,7 +177,7 @@ def test_calibrated_runs_its_pieces_against_one_reference(setup, tmp_path, monke
 @pytest.mark.slow
 def test_word_swap_measures_both_reweights(tmp_path):
     """The caption model's word swap on 6 digits (the sixth is the first held-out digit whose caption
-    has a thickness word): a row per controller, and that word reweighted as P2P does and
+    has a thickness word): a row per controller, the same-hand real digits beside them, and that word reweighted as P2P does and
     renormalised, where factor 1 is the plain edit either way."""
     if data_dir() is None:
         pytest.skip("MNIST files not available")
@@ -188,6 +188,8 @@ def test_word_swap_measures_both_reweights(tmp_path):
     result = experiments.word_swap(text_setup, terciles, tmp_path, num=6, steps=4, batch=6, controls=controls,
                                    reweight_factors=(1.0, 4.0))
     assert [r["controller"] for r in result["rows"]] == list(controls)
+    hand = result["references"]["same-hand real digit"]  # training digits of the target class
+    assert hand["accuracy"] == 1.0 and 0 < hand["style_ratio_vs_digit_word"] < 2
     plain, renormalised = ([r for r in result["reweight"] if r["renormalise"] == flag] for flag in (False, True))
     assert [r["word"] for r in plain] == [r["word"] for r in renormalised] and plain
     for a, b in zip(plain, renormalised):

@@ -86,6 +86,24 @@ def test_handwriting_attributes_of_bars():
     np.testing.assert_array_equal(a[4, :3], 0.0)  # no centroid or slant (it was ~1e12)
 
 
+def test_same_hand_matches_the_standing_within_each_class_not_the_raw_values():
+    def rows(slant_thickness):  # attribute rows with only slant and thickness set
+        a = np.zeros((len(slant_thickness), len(metrics.ATTRIBUTES)))
+        a[:, [metrics.ATTRIBUTES.index("slant"), metrics.ATTRIBUTES.index("thickness")]] = slant_thickness
+        return a
+    # class 0 runs slant 0..3 with thickness 3..0; class 1 slant 10..40 with thickness 40..10
+    pool = rows([(0, 3), (1, 2), (2, 1), (3, 0), (10, 40), (20, 30), (30, 20), (40, 10)])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # a 0 at the third of four slants and thicknesses (ranks 0.625, 0.375) -> the 1 at (30, 20);
+    # a 1 steeper and thinner than every 1 (ranks 1, 0) -> the steepest, thinnest 0
+    sources = rows([(2, 1), (45, 5)])
+    np.testing.assert_array_equal(metrics.same_hand(sources, [0, 1], pool, labels, [1, 0]), [6, 3])
+    # the same digit's class: itself
+    np.testing.assert_array_equal(metrics.same_hand(pool, labels, pool, labels, labels), np.arange(8))
+    with pytest.raises(ValueError, match="no image of class 2"):
+        metrics.same_hand(sources, [0, 1], pool, labels, [2, 0])
+
+
 def test_style_ratio():
     spread = np.ones(5)
     src = np.stack([_bar(), _bar(shear=0.3)])

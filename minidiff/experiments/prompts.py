@@ -10,7 +10,9 @@ keep the writer's hand?
   each controller of TEXT_EDIT_DEFAULT (or those named, of TEXT_EDIT_SWEEP). Judged as the target, and by the style ratio over slant
   and thickness (metrics.style_ratio) against two references: random samples of the target
   digit word alone, and random samples of the full target caption (which already name the
-  source's style, so beating them shows what the maps add). Then P2P's reweight: the thickness
+  source's style, so beating them shows what the maps add). Beside them, the same-hand real digit
+  (metrics.same_hand): a training digit of the target class that stands where the source stands in
+  its own class, the score an edit that keeps the hand exactly can reach. Then P2P's reweight: the thickness
   word of the digits whose caption has one, scaled by each factor (pipeline.REWEIGHT_CONTROL),
   once as P2P does and once with each pixel's weights renormalised over the tokens.
 
@@ -25,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from minidiff import captions, editing, evaluation, inversion, metrics, pipeline, plotting, samplers, word_maps
+from minidiff import captions, data, editing, evaluation, inversion, metrics, pipeline, plotting, samplers, word_maps
 from minidiff.evaluation import Setup
 from minidiff.experiments.common import log_row, save_json
 
@@ -156,13 +158,21 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
     digit_refs = _sample(setup, targets, guidance, steps, batch, seed=1)  # the digit word alone
     caption_refs = _sample(setup, target, guidance, steps, batch, seed=2)  # the full target caption
     judge = lambda images, want: metrics.accuracy(evaluation.predict(setup.judge, images)[0], want)
+    pool = data.to_model_range(setup.train_images)  # real digits of the target class, in the source's hand
+    hand = pool[metrics.same_hand(metrics.handwriting_attributes(x0), labels, metrics.handwriting_attributes(pool),
+                                  setup.train_labels, targets)]
     result = {"experiment": "word_swap", "num_images": num, "guidance": guidance, "steps": steps,
               "inversion": {"method": "null", "psnr_mean": float(psnr.mean()), "psnr_min": float(psnr.min()),
                             "seconds_per_digit": round(seconds, 2),
                             "inner_steps_mean": float(np.mean(np.concatenate([np.asarray(i.inner_steps) for i in invs],
                                                                              axis=1)))},
               "references": {"digit word alone": {"accuracy": judge(digit_refs, targets)},
-                             "full target caption": {"accuracy": judge(caption_refs, targets)}},
+                             "full target caption": {"accuracy": judge(caption_refs, targets)},
+                             "same-hand real digit": {
+                                 "accuracy": judge(hand, targets),
+                                 "style_ratio_vs_digit_word": metrics.style_ratio(hand, x0, digit_refs, spread),
+                                 "style_ratio_vs_full_caption": metrics.style_ratio(hand, x0, caption_refs, spread),
+                                 "style_ratio_by_attribute": metrics.style_ratio_by_attribute(hand, x0, digit_refs)}},
               "rows": [], "reweight": []}
     fn = pipeline.unet_controlled_fn(model, s)
 
@@ -180,7 +190,7 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
                                                 model.embed(tgt[index]), controller, tokens)[1]))
         return np.concatenate(outs)
 
-    pictures, names = [x0[:10], recs[:10]], ["source", "recon."]
+    pictures, names = [x0[:10], recs[:10], hand[:10]], ["source", "recon.", "same hand"]
     for name, control in controls.items():
         edits = run(target, pipeline.controller_for(model, **control))
         row = {"controller": name, **control, "edit_accuracy": judge(edits, targets),
