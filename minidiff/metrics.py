@@ -13,7 +13,8 @@
   before any clip; the grey speckle a picture shows away from the strokes). ~0 for real MNIST.
 - handwriting attributes and the style ratio: is an edit still *this* digit? Centroid, slant,
   stroke thickness and height of each image; the ratio compares how far edits move from their
-  sources with how far a random image of the target class is from them.
+  sources with how far a random image of the target class is from them; the same-hand digit
+  (a real digit of the target class at the source's rank within its class) sets its scale.
 """
 
 from __future__ import annotations

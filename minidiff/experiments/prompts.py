@@ -12,7 +12,7 @@ keep the writer's hand?
   digit word alone, and random samples of the full target caption (which already name the
   source's style, so beating them shows what the maps add). Beside them, the same-hand real digit
   (metrics.same_hand): a training digit of the target class that stands where the source stands in
-  its own class, the score an edit that keeps the hand exactly can reach. Then P2P's reweight: the thickness
+  its own class: what a real digit in the source's hand scores. Then P2P's reweight: the thickness
   word of the digits whose caption has one, scaled by each factor (pipeline.REWEIGHT_CONTROL),
   once as P2P does and once with each pixel's weights renormalised over the tokens.
 
@@ -158,7 +158,7 @@ def word_swap(setup: Setup, terciles: dict, out_dir, num: int = 100, guidance: f
     digit_refs = _sample(setup, targets, guidance, steps, batch, seed=1)  # the digit word alone
     caption_refs = _sample(setup, target, guidance, steps, batch, seed=2)  # the full target caption
     judge = lambda images, want: metrics.accuracy(evaluation.predict(setup.judge, images)[0], want)
-    pool = data.to_model_range(setup.train_images)  # real digits of the target class, in the source's hand
+    pool = data.to_model_range(setup.train_images)  # same_hand picks each source's from these
     hand = pool[metrics.same_hand(metrics.handwriting_attributes(x0), labels, metrics.handwriting_attributes(pool),
                                   setup.train_labels, targets)]
     result = {"experiment": "word_swap", "num_images": num, "guidance": guidance, "steps": steps,
