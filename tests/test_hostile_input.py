@@ -465,8 +465,12 @@ def interrupt(process, after_s: float) -> tuple[int, str, float]:
 
 
 def start(*args, module="minidiff"):
+    """The command in a child process that takes Ctrl-C as a terminal would give it: a test run
+    started in the background by a script (`pytest &`) passes SIGINT on ignored, and a Python
+    started with SIGINT ignored never raises KeyboardInterrupt."""
     return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.slow
