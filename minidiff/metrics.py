@@ -193,8 +193,8 @@ def same_hand(sources: np.ndarray, source_labels, pool: np.ndarray, pool_labels,
     (handwriting_attributes) and labels; the ranks are taken among the pool's images of each class.
 
     The pool image is a real digit of the new class written as far from that class's typical slant
-    and thickness as the source is from its own class's: what an edit that keeps the writer's hand
-    exactly, while drawing the new digit as that writer would, can score on style_ratio."""
+    and thickness as the source is from its own class's: its style_ratio is what the writer's own
+    new digit scores, the scale an edit's ratio is read on."""
     cols = [ATTRIBUTES.index(name) for name in attributes]
     pool, pool_labels = np.asarray(pool)[:, cols], np.asarray(pool_labels)
     sources, source_labels = np.asarray(sources)[:, cols], np.asarray(source_labels)
